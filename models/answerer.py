@@ -1,0 +1,85 @@
+"""The BLIP VQA answerer: free answers by beam search, or BLIP's ranking over a candidate answer list."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from models.base import Role
+
+QUESTION_MAX_LENGTH = 35
+
+
+class Answerer(Role):
+    task = "vqa"
+
+    @torch.inference_mode()
+    def encode_questions(self, images, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Question states from the image-grounded text encoder ([ENC] first, as BLIP encodes questions)."""
+        if len(questions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        image_states = self.encode_images(images)
+        ids, mask = self.tokenize(questions, QUESTION_MAX_LENGTH, first_token=self.enc_id)
+        with self.autocast():
+            states = self.model.text_encoder(
+                input_ids=ids,
+                attention_mask=mask,
+                encoder_hidden_states=image_states,
+                encoder_attention_mask=torch.ones(image_states.shape[:-1], dtype=torch.long, device=self.device),
+                return_dict=True,
+            ).last_hidden_state
+        return states, mask
+
+    @torch.inference_mode()
+    def answer(self, images, questions: Sequence[str], num_beams: int = 3, max_length: int = 10,
+               min_length: int = 1) -> list[str]:
+        """Generated answers (BLIP's OK-VQA / OCR-VQA protocol: beam 3, max 10, min 1)."""
+        states, mask = self.encode_questions(images, questions)
+        start = torch.full((states.shape[0], 1), self.bos_id, dtype=torch.long, device=self.device)
+        with self.autocast():
+            out = self.model.text_decoder.generate(
+                input_ids=start,
+                encoder_hidden_states=states,
+                encoder_attention_mask=mask,  # the question's own mask: padding is not attended
+                eos_token_id=self.sep_id,
+                pad_token_id=self.pad_id,
+                num_beams=num_beams,
+                max_length=max_length,
+                min_length=min_length,
+                do_sample=False,
+            )
+        return self.decode(out[:, 1:])
+
+    @torch.inference_mode()
+    def rank(self, images, questions: Sequence[str], candidates: Sequence[str], k: int = 128) -> list[str]:
+        """BLIP's VQAv2 protocol: shortlist the k candidates whose first token is most probable, then pick the
+        candidate with the highest full-answer log-likelihood."""
+        if not candidates:
+            raise ValueError("rank needs a non-empty candidate answer list")
+        states, mask = self.encode_questions(images, questions)
+        n_questions = states.shape[0]
+        answer_ids, answer_mask = self.tokenize(candidates, max_length=QUESTION_MAX_LENGTH, first_token=self.bos_id)
+        k = min(k, len(candidates))
+        with self.autocast():
+            start = torch.full((n_questions, 1), self.bos_id, dtype=torch.long, device=self.device)
+            first = self.model.text_decoder(
+                input_ids=start, encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=True
+            ).logits[:, 0, :]
+        first_prob = torch.softmax(first.float(), dim=-1).index_select(1, answer_ids[:, 1])
+        _, top = first_prob.topk(k, dim=1)  # (Q, k) candidate indices
+        flat = top.reshape(-1)
+        ids, amask = answer_ids[flat], answer_mask[flat]
+        with self.autocast():
+            logits = self.model.text_decoder(
+                input_ids=ids,
+                attention_mask=amask,
+                encoder_hidden_states=states.repeat_interleave(k, dim=0),
+                encoder_attention_mask=mask.repeat_interleave(k, dim=0),
+                return_dict=True,
+            ).logits
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        targets = ids[:, 1:]
+        token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * amask[:, 1:]
+        best = token_lp.sum(-1).view(n_questions, k).argmax(dim=1)
+        chosen = top.gather(1, best.unsqueeze(1)).squeeze(1)
+        return [candidates[i] for i in chosen.tolist()]

@@ -1,0 +1,66 @@
+"""The BLIP captioner: beam-search captions for evaluation, seeded nucleus samples for CapFilt."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import LogitsProcessorList
+
+from models.base import Role
+from models.sampling import SeededNucleus, derive_seed, row_uniforms
+
+PROMPT = "a picture of "  # BLIP's captioning prompt; stripped from every returned caption
+
+
+class Captioner(Role):
+    task = "caption"
+
+    def _prompt_ids(self, prompt: str, rows: int) -> torch.Tensor:
+        # [DEC] + prompt tokens, without the trailing [SEP]: BLIP's decoder input (transformers' generate would
+        # drop the last column itself, so a hand-built prompt goes to the text decoder directly).
+        ids = self.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"][:, :-1]
+        ids[:, 0] = self.bos_id
+        return ids.to(self.device).expand(rows, -1).contiguous()
+
+    @torch.inference_mode()
+    def _generate(self, image_embeds: torch.Tensor, prompt: str, **kwargs) -> list[str]:
+        input_ids = self._prompt_ids(prompt, image_embeds.shape[0])
+        with self.autocast():
+            out = self.model.text_decoder.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
+                eos_token_id=self.sep_id,
+                pad_token_id=self.pad_id,
+                **kwargs,
+            )
+        return self.decode(out[:, input_ids.shape[1]:])
+
+    def caption(self, images, prompt: str = PROMPT, num_beams: int = 3, max_length: int = 20,
+                min_length: int = 5, repetition_penalty: float = 1.0) -> list[str]:
+        """BLIP's evaluation protocol: beam search; lengths count [DEC] and the prompt, as in BLIP."""
+        image_embeds = self.encode_images(images)
+        return self._generate(image_embeds, prompt, num_beams=num_beams, max_length=max_length,
+                              min_length=min_length, repetition_penalty=repetition_penalty, do_sample=False)
+
+    def sample(self, images, sample_ids: Sequence[str], seed: int = 0, num_captions: int = 1,
+               prompt: str = PROMPT, top_p: float = 0.9, top_k: int = 50, repetition_penalty: float = 1.1,
+               max_length: int = 30, min_length: int = 10) -> list[list[str]]:
+        """CapFilt's synthetic captions: `num_captions` nucleus samples per image.
+
+        Caption j of a sample depends only on (seed, sample id, j) and the model: not on the batch, its size or order.
+        top_k=50 is transformers' sampling default, which BLIP's original sampling ran with.
+        """
+        if len(sample_ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sample_ids)} sample ids")
+        if num_captions < 1:
+            raise ValueError("num_captions must be at least 1")
+        image_embeds = self.encode_images(images).repeat_interleave(num_captions, dim=0)
+        prompt_length = self._prompt_ids(prompt, 1).shape[1]
+        seeds = [derive_seed(seed, sid, j) for sid in sample_ids for j in range(num_captions)]
+        nucleus = SeededNucleus(row_uniforms(seeds, max_length), prompt_length, top_p=top_p, top_k=top_k)
+        texts = self._generate(image_embeds, prompt, do_sample=False, num_beams=1, max_length=max_length,
+                               min_length=min_length, repetition_penalty=repetition_penalty,
+                               logits_processor=LogitsProcessorList([nucleus]))
+        return [texts[i * num_captions:(i + 1) * num_captions] for i in range(len(sample_ids))]

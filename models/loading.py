@@ -1,0 +1,185 @@
+"""The model zoo and safe checkpoint loading: a name, hub id or directory in, a ready torch model out.
+
+Resolution happens in one place (`resolve`): a zoo name from zoo.json, an existing local directory in
+Hugging Face layout, or a Hugging Face repo id (`org/name`, optionally `@revision`). Weights load from
+safetensors only and no code from a checkpoint is ever executed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import transformers
+
+from models import tiny
+
+ZOO_FILE = Path(__file__).with_name("zoo.json")
+# The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares.
+ARCHITECTURES = {
+    "BlipForConditionalGeneration": ("blip", "caption"),
+    "BlipForImageTextRetrieval": ("blip", "retrieval"),
+    "BlipForQuestionAnswering": ("blip", "vqa"),
+    "Blip2ForConditionalGeneration": ("blip2", "caption"),
+    "Blip2ForImageTextRetrieval": ("blip2", "retrieval"),
+}
+# BLIP's transform: CLIP's normalisation statistics (used when a checkpoint has no preprocessor_config.json).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be had or must not be loaded; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model name points, before anything is loaded."""
+
+    name: str
+    family: str | None  # blip | blip2; None until a config is read
+    task: str | None  # caption | retrieval | vqa | nlvr | grounding; None until a config is read
+    kind: str  # tiny | hub | dir | unavailable
+    location: str  # tiny seed, repo id[@revision], directory, or the reason it is unavailable
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with what its roles need to run it."""
+
+    spec: ModelSpec
+    family: str
+    task: str
+    model: torch.nn.Module
+    tokenizer: object
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    fingerprint: str  # hub commit, content hash of local weights, or the tiny seed
+
+    def describe(self) -> dict:
+        return {"name": self.spec.name, "task": self.task, "family": self.family, "source": self.spec.kind,
+                "location": self.spec.location, "fingerprint": self.fingerprint}
+
+
+@lru_cache(maxsize=1)
+def _zoo() -> dict:
+    table = json.loads(ZOO_FILE.read_text(encoding="utf-8"))
+    return {name: entry for name, entry in table.items() if not name.startswith("_")}
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Names in the zoo, optionally only those of one task."""
+    return sorted(name for name, entry in _zoo().items() if task is None or entry["task"] == task)
+
+
+def resolve(name: str) -> ModelSpec:
+    """Map a zoo name, local directory or hub repo id to a ModelSpec (no network, no weights read)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError("a model name must be a non-empty string: a zoo name, a hub repo id or a directory")
+    entry = _zoo().get(name)
+    if entry is not None:
+        source = entry["source"]
+        if source is None:
+            return ModelSpec(name, entry["family"], entry["task"], "unavailable", entry["note"])
+        kind, _, location = source.partition(":")
+        return ModelSpec(name, entry["family"], entry["task"], {"hf": "hub", "tiny": "tiny"}[kind], location)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelSpec(name, None, None, "dir", str(path.resolve()))
+    repo = name.removeprefix("hf:")
+    if repo.count("/") == 1 and not repo.startswith(("/", ".", "~")) and not path.exists():
+        return ModelSpec(name, None, None, "hub", repo)
+    raise ModelLoadError(
+        f"unknown model {name!r}: not a zoo name (see `python -m models list`), an existing directory or a hub repo id"
+    )
+
+
+def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
+    """Load `name` (zoo name, directory or hub id); `task`, when given, must match what the checkpoint is."""
+    spec = resolve(name)
+    if spec.kind == "unavailable":
+        raise ModelLoadError(f"{name!r} has no checkpoint in Hugging Face layout: {spec.location}")
+    if task is not None and spec.task is not None and spec.task != task:
+        raise ModelLoadError(f"{name!r} is a {spec.task} model, but a {task} model is needed here")
+    if spec.kind == "tiny":
+        model, tokenizer = tiny.build_tiny(spec.task, seed=int(spec.location))
+        size = model.config.vision_config.image_size
+        return Checkpoint(spec, "blip", spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD, f"tiny-seed{spec.location}")
+    directory, fingerprint = _fetch(spec) if spec.kind == "hub" else (Path(spec.location), None)
+    return _load_directory(spec, directory, task, fingerprint)
+
+
+def _fetch(spec: ModelSpec) -> tuple[Path, str]:
+    """Download (or find in the local cache) the safetensors snapshot of a hub repo."""
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = spec.location.partition("@")
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # fail fast, never hang, when the hub is unreachable
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - every way of not getting the files means the same to the user
+        raise ModelLoadError(
+            f"cannot get the weights of {spec.name!r}: the Hugging Face hub is unreachable from here and there is "
+            f"no local copy of {repo} ({type(exc).__name__}); download it where the hub is reachable "
+            f"(`hf download {repo} --local-dir DIR`) and pass DIR instead"
+        ) from None
+    return path, f"{repo}@{path.name}"
+
+
+def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerprint: str | None) -> Checkpoint:
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{str(directory)!r} has no config.json: it is not a model in Hugging Face layout")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{str(config_file)!r} is not valid JSON: {exc}") from None
+    if "auto_map" in config or "auto_map" in _read_json(directory / "tokenizer_config.json"):
+        raise ModelLoadError(f"{str(directory)!r} asks for remote code (auto_map); capfilt never runs checkpoint code")
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
+        raise ModelLoadError(f"{str(directory)!r} has {what}; capfilt loads safetensors only (convert with safetensors)")
+    architectures = config.get("architectures") or []
+    known = [a for a in architectures if a in ARCHITECTURES]
+    if not known:
+        raise ModelLoadError(
+            f"{str(directory)!r} is a {architectures or config.get('model_type')} model; capfilt runs {', '.join(ARCHITECTURES)}"
+        )
+    family, found_task = ARCHITECTURES[known[0]]
+    if task is not None and found_task != task:
+        raise ModelLoadError(f"{spec.name!r} is a {found_task} model ({known[0]}), but a {task} model is needed here")
+    model_class = getattr(transformers, known[0])
+    model = model_class.from_pretrained(directory, use_safetensors=True).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    processor = _read_json(directory / "preprocessor_config.json")
+    size = model.config.vision_config.image_size
+    mean = tuple(processor.get("image_mean", CLIP_MEAN))
+    std = tuple(processor.get("image_std", CLIP_STD))
+    return Checkpoint(spec, family, found_task, model, tokenizer, size, mean, std, fingerprint or _content_hash(weights))
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{str(path)!r} is not valid JSON: {exc}") from None
+
+
+def _content_hash(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]

@@ -1,0 +1,99 @@
+"""Tiny BLIP models with deterministic random weights and a small WordPiece tokenizer, built offline.
+
+They are the real transformers BLIP classes with small configs (hidden 32, 2 layers, 32 px images), so every
+code path that runs a released checkpoint runs them too, in milliseconds, with no download.
+"""
+from __future__ import annotations
+
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipForImageTextRetrieval,
+    BlipForQuestionAnswering,
+)
+
+# BERT's special tokens first (pad must be id 0 as in bert-base-uncased), then BLIP's two extra ones.
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
+WORDS = """
+a an the of in on at to with and or is are it this that there here picture photo image of
+one two three four five six seven eight nine ten no yes left right top bottom middle center above below
+next beside near behind front over under small large big tiny little
+red green blue yellow orange purple pink white black gray grey brown
+circle circles square squares triangle triangles star stars shape shapes dot dots ring rings
+background cat dog man woman person people car tree house sky water street table room
+what where how many color colour which shown sitting standing
+""".split()
+WORD_PIECES = [f"##{c}" for c in string.ascii_lowercase + string.digits]
+CHARACTERS = list(string.ascii_lowercase + string.digits + string.punctuation)
+
+TASK_CLASSES = {
+    "caption": BlipForConditionalGeneration,
+    "retrieval": BlipForImageTextRetrieval,
+    "vqa": BlipForQuestionAnswering,
+}
+
+
+def tiny_vocabulary() -> list[str]:
+    seen, vocab = set(), []
+    for token in SPECIAL_TOKENS + CHARACTERS + WORD_PIECES + WORDS:
+        if token not in seen:
+            seen.add(token)
+            vocab.append(token)
+    return vocab
+
+
+def build_tokenizer(vocab: list[str] | None = None) -> BertTokenizer:
+    """A lower-casing WordPiece tokenizer over `vocab`; unknown words fall back to single characters."""
+    vocab = vocab or tiny_vocabulary()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vocab.txt"
+        path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        # vocab=, not vocab_file=: transformers 5 silently builds a 5-token vocabulary from vocab_file=.
+        tokenizer = BertTokenizer(vocab=str(path), do_lower_case=True, bos_token="[DEC]")
+    assert tokenizer.convert_tokens_to_ids("[ENC]") == SPECIAL_TOKENS.index("[ENC]"), "tiny vocabulary is broken"
+    return tokenizer
+
+
+def tiny_config(vocab_size: int, image_size: int = 32) -> BlipConfig:
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        encoder_hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=SPECIAL_TOKENS.index("[DEC]"),
+        pad_token_id=0,
+        sep_token_id=SPECIAL_TOKENS.index("[SEP]"),
+        eos_token_id=SPECIAL_TOKENS.index("[SEP]"),
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=8,
+    )
+    return BlipConfig(text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=16)
+
+
+def build_tiny(task: str, seed: int = 0, image_size: int = 32):
+    """(model, tokenizer) for `task` in caption / retrieval / vqa; the same seed gives the same weights."""
+    tokenizer = build_tokenizer()
+    config = tiny_config(len(tokenizer), image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TASK_CLASSES[task](config)
+        # BLIP's vision init is near zero (initializer_range 1e-10); widen it so images differ in the output.
+        for name, param in model.named_parameters():
+            if "vision_model" in name and param.dim() > 1:
+                torch.nn.init.normal_(param, std=0.2)
+    return model.eval(), tokenizer
