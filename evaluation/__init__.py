@@ -1,0 +1,1 @@
+"""Evaluation: benchmark annotation readers in their official formats and the metrics the papers report."""

@@ -1,0 +1,14 @@
+"""Evaluation metrics: captioning (pycocoevalcap), VQA accuracy, retrieval recalls, NLVR2, grounding."""
+from .captioning import MetricUnavailableError, caption_scores, spice_status
+from .grounding import box_iou, grounding_accuracy
+from .nlvr import nlvr_accuracy
+from .retrieval import rerank_scores, reranked_recalls, retrieval_recalls
+from .vqa import normalize_answer, question_accuracy, vqa_accuracy
+
+__all__ = [
+    "MetricUnavailableError", "caption_scores", "spice_status",
+    "box_iou", "grounding_accuracy",
+    "nlvr_accuracy",
+    "rerank_scores", "reranked_recalls", "retrieval_recalls",
+    "normalize_answer", "question_accuracy", "vqa_accuracy",
+]

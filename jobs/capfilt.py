@@ -1,0 +1,91 @@
+"""CapFilt job: caption every image of webdataset shards, score web and synthetic captions, write Parquet.
+
+    python jobs/capfilt.py --input 'shards/{00000..00099}.tar' --output out/run1 \
+        --captioner blip-base_3rdparty_caption --filter blip-base_3rdparty_retrieval --num-captions 5
+
+Runs on an embedded local Ray, or on the cluster named by RAY_ADDRESS (`ray job submit --working-dir . -- python
+jobs/capfilt.py ...`). Re-running the same command resumes; `--demo` builds a small corpus and runs on it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/capfilt.py` from any directory
+
+from models import ModelLoadError  # noqa: E402
+from models.device import DeviceError  # noqa: E402
+from pipelines.config import CapFiltConfig, RunConflict  # noqa: E402
+from pipelines.sources import LocationError  # noqa: E402
+from pipelines.stage import Sampling  # noqa: E402
+
+USER_ERRORS = (ModelLoadError, DeviceError, LocationError, RunConflict, ValueError)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = Sampling()
+    p = argparse.ArgumentParser(prog="jobs/capfilt.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", help="shards: path, directory, glob, brace range or fsspec URL (space-separated list ok)")
+    p.add_argument("--output", help="run directory (local path or fsspec URL)")
+    p.add_argument("--captioner", default="tiny-random_caption", help="zoo name, hub repo id or local directory")
+    p.add_argument("--filter", default="tiny-random_retrieval", help="zoo name, hub repo id or local directory")
+    p.add_argument("--num-captions", type=int, default=defaults.num_captions, help="synthetic captions per image")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="captions depend on (seed, shard, key) only")
+    p.add_argument("--top-p", type=float, default=defaults.top_p)
+    p.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    p.add_argument("--max-length", type=int, default=defaults.max_length, help="caption tokens, counting the prompt")
+    p.add_argument("--min-length", type=int, default=defaults.min_length)
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--actors", type=int, help="model actors (default: one per GPU, else one)")
+    p.add_argument("--decode-workers", type=int, help="shards decoded at once (default: the CPUs left)")
+    p.add_argument("--model-threads", type=int, help="torch threads per CPU model actor")
+    p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default Pillow's limit)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run made with other settings")
+    p.add_argument("--demo", action="store_true", help="build demo shards from scikit-image photographs and run on them")
+    args = p.parse_args(argv)
+    if not args.demo and not (args.input and args.output):
+        p.error("--input and --output are required (or --demo)")
+    return args
+
+
+def config_from(args: argparse.Namespace) -> CapFiltConfig:
+    sampling = Sampling(num_captions=args.num_captions, seed=args.seed, top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty, max_length=args.max_length,
+                        min_length=args.min_length)
+    return CapFiltConfig(input=args.input, output=args.output, captioner=args.captioner, filter=args.filter,
+                         sampling=sampling, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                         actors=args.actors, model_threads=args.model_threads, decode_workers=args.decode_workers,
+                         max_pixels=args.max_pixels, overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.demo:
+        from pipelines.demo_data import build_demo_shards
+
+        workdir = Path(args.output or "demo-out")
+        shards = build_demo_shards(workdir / "shards")
+        args.input = " ".join(str(p) for p in shards)
+        args.output = str(workdir / "run")
+        args.overwrite = True
+        print(f"demo: {len(shards)} shards of scikit-image photographs in {workdir / 'shards'}")
+    from pipelines.ray_runner import run_capfilt  # ray is imported only when a job really runs
+
+    try:
+        run_capfilt(config_from(args))
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.demo:
+        from pipelines.select import print_summary
+
+        print_summary(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""CPU-side preparation of a batch: metadata and captions parsed, images decoded and resized for the models.
+
+Each raw sample becomes a row dict (the non-model columns of the schema); the samples that decode get their
+pixels in `images`, at every input size the models need. Runs on CPU workers, never on a model actor.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.images import DEFAULT_MAX_PIXELS, ImageError, decode_image, resize
+from pipelines.reader import IMAGE_EXTENSIONS, RawSample
+from schemas.capfilt import STATUS_ERROR, STATUS_OK
+
+
+def new_row(shard: str, key: str | None) -> dict:
+    return {"shard": shard, "key": key, "status": STATUS_OK, "error_type": None, "error_message": None,
+            "web_caption_invalid_utf8": False}
+
+
+def error_row(shard: str, key: str | None, error_type: str, message: str) -> dict:
+    row = new_row(shard, key)
+    row.update(status=STATUS_ERROR, error_type=error_type, error_message=message[:2000])
+    return row
+
+
+def decode_samples(shard: str, samples: Sequence[RawSample], sizes: Sequence[int],
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """{'rows': one dict per sample, 'ok': indices of decoded rows, 'images': {size: uint8 (n_ok, S, S, 3)},
+    'captions': web caption per decoded row (None when absent)}."""
+    rows, ok, captions = [], [], []
+    pixels: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
+    for sample in samples:
+        row = new_row(shard, sample.key)
+        _read_metadata(row, sample.members)
+        rows.append(row)
+        if sample.problem is not None:
+            _fail(row, *sample.problem)
+            continue
+        extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample.members), None)
+        if extension is None:
+            _fail(row, "missing_image", "the sample has no image member (jpg, png, webp, ...)")
+            continue
+        row["image_format"] = extension
+        try:
+            image = decode_image(sample.members[extension], max_pixels)
+        except ImageError as exc:
+            _fail(row, exc.error_type, str(exc))
+            continue
+        row["width"], row["height"] = image.size
+        for size in sizes:
+            pixels[size].append(resize(image, size))
+        ok.append(len(rows) - 1)
+        caption = row.get("web_caption")
+        captions.append(caption if caption and caption.strip() else None)
+    images = {size: (np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8))
+              for size, arrays in pixels.items()}
+    return {"rows": rows, "ok": ok, "images": images, "captions": captions}
+
+
+def _fail(row: dict, error_type: str, message: str) -> None:
+    row.update(status=STATUS_ERROR, error_type=error_type, error_message=message[:2000])
+
+
+def _read_metadata(row: dict, members: dict[str, bytes]) -> None:
+    """img2dataset's KEY.json fields and the KEY.txt caption; undecodable text is kept with replacement chars."""
+    meta: dict = {}
+    if "json" in members:
+        text, _ = _text(members["json"])
+        row["metadata"] = text
+        try:
+            parsed = json.loads(text)
+            meta = parsed if isinstance(parsed, dict) else {}
+        except ValueError:
+            meta = {}
+    if "txt" in members:
+        caption, invalid = _text(members["txt"])
+    elif isinstance(meta.get("caption"), str):
+        caption, invalid = meta["caption"], False
+    else:
+        caption, invalid = None, False
+    row["web_caption"] = caption
+    row["web_caption_invalid_utf8"] = invalid
+    row["url"] = meta.get("url") if isinstance(meta.get("url"), str) else None
+    row["sha256"] = meta.get("sha256") if isinstance(meta.get("sha256"), str) else None
+    for name in ("original_width", "original_height"):
+        value = meta.get(name)
+        row[name] = value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def _text(data: bytes) -> tuple[str, bool]:
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), True

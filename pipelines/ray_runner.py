@@ -1,0 +1,262 @@
+"""The Ray wiring of CapFilt: decode tasks stream batches to model actors; the driver commits each shard.
+
+The only pipeline module that imports ray. Flow per shard: a streaming decode task (CPU) yields batches ->
+the least busy model actor (one per GPU, or CPU) captions and scores them -> when every batch of the shard is
+back, the driver writes its Parquet and then its done-marker. Memory is bounded by the number of shards
+decoded at once and by the batches allowed to wait for an actor.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from pipelines.assemble import shard_stats, shard_table
+from pipelines.batches import problem_batch, shard_batches
+from pipelines.config import CapFiltConfig, check_compatible, run_record
+from pipelines.decode import error_row
+from pipelines.sources import Shard, check_location, expand_shards
+from pipelines.stage import CapFiltStage
+from pipelines.writer import RunDir
+from schemas.capfilt import RUN_FILE
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+BATCHES_PER_ACTOR = 2  # in flight per actor: one running, one ready, so an actor never waits on the driver
+WAITING_BATCHES = 4  # decoded batches allowed to wait for an actor, per actor
+MAX_TRIES = 2  # a batch (then each of its samples) is tried this often before it becomes error rows
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS, or start a private local instance bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        # address="local": never join a stale cluster left by an earlier `ray start`.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
+                 configure_logging=False, log_to_driver=True)
+
+
+@ray.remote(num_cpus=1, _generator_backpressure_num_objects=2)
+def decode_shard(shard_id: str, url: str, sizes: list[int], batch_size: int, max_pixels: int | None):
+    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    try:
+        yield from shard_batches(shard_id, url, sizes, batch_size, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a bug on hostile data ends the shard as an error row, not the job
+        yield problem_batch(shard_id, sizes, "decode_failed", f"{type(exc).__name__}: {exc}")
+
+
+@ray.remote(num_cpus=0)
+def batch_outline(batch: dict) -> list[tuple[int, dict]]:
+    """(position, metadata row) of each decoded sample: what the driver needs to report one that fails."""
+    return [(i, batch["rows"][i]) for i in batch["ok"]]
+
+
+class ModelActor(CapFiltStage):
+    """CapFiltStage plus what the driver asks of an actor before work starts."""
+
+    def info(self) -> dict:
+        return {**self.describe(), "image_sizes": self.image_sizes, "embedding_dim": self.embedding_dim}
+
+    def process(self, batch: dict, subset: list[int] | None = None, with_errors: bool | None = None):
+        return self(batch, subset, with_errors)
+
+
+@dataclass
+class Work:
+    shard: str
+    seq: int
+    batch: ray.ObjectRef
+    subset: list[int] | None = None  # None: the whole batch; else positions in batch['ok']
+    with_errors: bool | None = None
+    tries: int = 0
+
+
+@dataclass
+class ShardState:
+    shard: Shard
+    generator: object
+    started: float = field(default_factory=time.time)
+    batches: int = 0
+    reading: bool = True
+    outstanding: int = 0
+    rows: dict = field(default_factory=dict)  # (seq, position) -> row
+
+
+def run_capfilt(config: CapFiltConfig, log=print) -> dict:
+    """Run CapFilt over config.input into config.output; returns the summary it prints at the end."""
+    config.validate()
+    check_location(config.output)
+    shards = expand_shards(config.input)
+    out = RunDir(config.output)
+    connect()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    n_actors = config.actors or max(gpus, 1)
+    actor_options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1)
+    if gpus:
+        actor_options.update(num_gpus=1, num_cpus=1)
+        device = config.device if config.device != "auto" else "cuda"
+    else:
+        actor_options.update(num_cpus=1)
+        device = config.device
+    threads = config.model_threads or (None if gpus else os.cpu_count())
+    actor_class = ray.remote(ModelActor)
+    actors = [
+        actor_class.options(**actor_options).remote(config.captioner, config.filter, config.sampling, device,
+                                                    config.precision, threads)
+        for _ in range(n_actors)
+    ]
+    info = ray.get(actors[0].info.remote())
+    record = run_record(config, [s.url for s in shards], info)
+    existing = out.read_json(out.path(RUN_FILE))
+    if existing is not None and not config.overwrite:
+        check_compatible(existing, record)  # the same run: resume it, keeping its record
+    else:
+        out.clear()
+        out.write_json(out.path(RUN_FILE), record)
+
+    done = out.done_shards()
+    todo = deque(s for s in shards if s.id not in done)
+    log(f"capfilt: {len(shards)} shards ({len(shards) - len(todo)} already done), {n_actors} model actor(s) on "
+        f"{info['device']} ({info['precision']}), captioner {config.captioner}, filter {config.filter}")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    decode_workers = config.decode_workers or max(1, cpus - (0 if gpus else n_actors))
+    scheduler = _Scheduler(actors, info, config, out, log, total=len(shards), already=len(shards) - len(todo))
+    summary = scheduler.run(todo, max_active=decode_workers + 1)
+    log(_summary_line(summary))
+    return summary
+
+
+class _Scheduler:
+    def __init__(self, actors, info, config: CapFiltConfig, out: RunDir, log, total: int, already: int):
+        self.actors, self.info, self.config, self.out, self.log = actors, info, config, out, log
+        self.load = {i: 0 for i in range(len(actors))}
+        self.waiting: deque[Work] = deque()
+        self.inflight: dict[ray.ObjectRef, tuple[Work, int]] = {}
+        self.active: dict[str, ShardState] = {}
+        self.total, self.committed = total, already
+        self.samples = self.errors = self.ok = 0
+        self.started = time.time()
+
+    def run(self, todo: deque[Shard], max_active: int) -> dict:
+        while todo or self.active:
+            while todo and len(self.active) < max_active:
+                self._start(todo.popleft())
+            self._dispatch()
+            readable = [s.generator for s in self.active.values()
+                        if s.reading and len(self.waiting) < WAITING_BATCHES * len(self.actors)]
+            ready, _ = ray.wait(readable + list(self.inflight), num_returns=1, timeout=1.0)
+            for item in ready:
+                if item in self.inflight:
+                    self._finish_work(item)
+                else:
+                    self._read_next(item)
+        elapsed = time.time() - self.started
+        return {"shards": self.total, "committed": self.committed, "samples": self.samples, "ok": self.ok,
+                "errors": self.errors, "seconds": round(elapsed, 2),
+                "samples_per_second": round(self.samples / elapsed, 2) if elapsed else None,
+                "output": self.config.output}
+
+    def _start(self, shard: Shard) -> None:
+        generator = decode_shard.remote(shard.id, shard.url, self.info["image_sizes"], self.config.batch_size,
+                                        self.config.max_pixels)
+        self.active[shard.id] = ShardState(shard, generator)
+
+    def _read_next(self, generator) -> None:
+        state = next(s for s in self.active.values() if s.generator is generator)
+        try:
+            ref = next(generator)
+        except StopIteration:
+            state.reading = False
+            self._maybe_commit(state)
+            return
+        self.waiting.append(Work(state.shard.id, state.batches, ref))
+        state.batches += 1
+        state.outstanding += 1
+
+    def _dispatch(self) -> None:
+        while self.waiting:
+            actor = min(self.load, key=self.load.get)
+            if self.load[actor] >= BATCHES_PER_ACTOR:
+                return
+            work = self.waiting.popleft()
+            work.tries += 1
+            ref = self.actors[actor].process.remote(work.batch, work.subset, work.with_errors)
+            self.inflight[ref] = (work, actor)
+            self.load[actor] += 1
+
+    def _finish_work(self, ref) -> None:
+        work, actor = self.inflight.pop(ref)
+        self.load[actor] -= 1
+        state = self.active[work.shard]
+        try:
+            rows = ray.get(ref)
+        except RayError as exc:
+            self._retry(work, state, exc)
+            return
+        for position, row in rows:
+            state.rows[(work.seq, position)] = row
+        self._done_work(state)
+
+    def _retry(self, work: Work, state: ShardState, exc: Exception) -> None:
+        """Try a failed batch again; then sample by sample; a sample that still fails becomes an error row."""
+        if work.tries < MAX_TRIES:
+            self.waiting.appendleft(work)
+            return
+        try:
+            outline = ray.get(batch_outline.remote(work.batch))
+        except RayError as decode_exc:  # the batch itself is lost: its decode task died
+            state.rows[(work.seq, -1)] = error_row(state.shard.id, None, "decode_failed", _reason(decode_exc))
+            self._done_work(state)
+            return
+        subset = list(range(len(outline))) if work.subset is None else work.subset
+        if work.subset is None or len(subset) > 1:
+            pieces = [Work(work.shard, work.seq, work.batch, [p], with_errors=False) for p in subset]
+            if work.subset is None:  # the rows that failed before the models still need writing
+                pieces.append(Work(work.shard, work.seq, work.batch, [], with_errors=True))
+            state.outstanding += len(pieces) - 1
+            self.waiting.extendleft(reversed(pieces))
+            return
+        position, row = outline[subset[0]]
+        kind = "worker_crashed" if isinstance(exc, RayActorError) else "model_failed"
+        state.rows[(work.seq, position)] = {**row, "status": "error", "error_type": kind,
+                                            "error_message": f"failed {MAX_TRIES} times on its own: {_reason(exc)}"}
+        self._done_work(state)
+
+    def _done_work(self, state: ShardState) -> None:
+        state.outstanding -= 1
+        self._maybe_commit(state)
+
+    def _maybe_commit(self, state: ShardState) -> None:
+        if state.reading or state.outstanding:
+            return
+        rows = [state.rows[key] for key in sorted(state.rows)]
+        table = shard_table(rows, self.info["embedding_dim"])
+        stats = shard_stats(state.shard.id, state.shard.url, rows, state.started)
+        self.out.commit_shard(state.shard.id, table, stats)
+        del self.active[state.shard.id]
+        self.committed += 1
+        self.samples += stats["samples"]
+        self.ok += stats["ok"]
+        self.errors += sum(stats["errors"].values())
+        elapsed = time.time() - self.started
+        self.log(f"[{self.committed}/{self.total} shards] {state.shard.id}: {stats['samples']} samples, "
+                 f"{stats['ok']} ok | run: {self.samples} samples, {self.samples / elapsed:.1f}/s, {self.errors} errors")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:500]
+
+
+def _summary_line(summary: dict) -> str:
+    return (f"capfilt done: {summary['committed']}/{summary['shards']} shards, {summary['samples']} samples "
+            f"({summary['ok']} ok, {summary['errors']} errors) in {summary['seconds']}s "
+            f"({summary['samples_per_second']} samples/s) -> {summary['output']}")

@@ -1,0 +1,79 @@
+"""Curator queries over a run with DuckDB: summaries and BLIP's keep-list. Thresholds are bound parameters."""
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from pipelines.writer import RunDir
+from schemas.capfilt import PARQUET_SUFFIX, SHARD_DIR
+
+SOURCES = ("web", "synthetic", "both")
+
+
+def open_run(run: str) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the view `samples` over every committed Parquet file of the run."""
+    out = RunDir(run)
+    pattern = out.path(SHARD_DIR, "*" + PARQUET_SUFFIX)
+    if not out.fs.glob(pattern):
+        raise ValueError(f"{run!r} holds no committed shards (no {SHARD_DIR}/*{PARQUET_SUFFIX})")
+    con = duckdb.connect()
+    url = pattern if out.local else out.fs.unstrip_protocol(pattern)
+    # read_parquet in a view needs a literal; the glob is ours (built from the run directory), not user SQL.
+    con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet({_literal(url)})")
+    con.execute("""
+        CREATE VIEW captions AS
+        SELECT shard, key, url, 'web' AS source, 0 AS rank, web_caption AS text, web_itm AS itm, web_itc AS itc
+        FROM samples WHERE status = 'ok' AND web_itm IS NOT NULL
+        UNION ALL
+        SELECT shard, key, url, 'synthetic', s.rank, s.c.text, s.c.itm, s.c.itc
+        FROM (SELECT shard, key, url, unnest(synthetic) AS c, generate_subscripts(synthetic, 1) AS rank
+              FROM samples WHERE status = 'ok') AS s
+    """)
+    return con
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def keep_list(con: duckdb.DuckDBPyConnection, threshold: float = 0.5, source: str = "both") -> pa.Table:
+    """BLIP's CapFilt choice: every caption (web and/or synthetic) whose ITM p(match) >= threshold, per image."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+    return con.execute(
+        """SELECT shard, key, url, source, rank, text, itm, itc FROM captions
+           WHERE itm >= $threshold AND ($source = 'both' OR source = $source)
+           ORDER BY shard, key, source DESC, rank""",
+        {"threshold": threshold, "source": source},
+    ).arrow().read_all()
+
+
+def summary(con: duckdb.DuckDBPyConnection, threshold: float = 0.5) -> dict:
+    """Counts a curator looks at first: samples by status and error type, and what the filter keeps."""
+    totals = con.execute("""
+        SELECT count(*) FILTER (WHERE key IS NOT NULL), count(*) FILTER (WHERE status = 'ok'),
+               count(DISTINCT shard), avg(web_itm), avg(list_avg(list_transform(synthetic, lambda s: s.itm)))
+        FROM samples""").fetchone()
+    errors = dict(con.execute("""SELECT error_type, count(*) FROM samples WHERE status = 'error'
+                                  GROUP BY 1 ORDER BY 2 DESC, 1""").fetchall())
+    kept = dict(con.execute("""SELECT source, count(*) FROM captions WHERE itm >= ? GROUP BY 1""",
+                            [threshold]).fetchall())
+    with_web = con.execute("SELECT count(*) FROM captions WHERE source = 'web'").fetchone()[0]
+    return {"samples": totals[0], "ok": totals[1], "shards": totals[2], "mean_web_itm": totals[3],
+            "mean_synthetic_itm": totals[4], "errors": errors, "threshold": threshold,
+            "web_captions": with_web, "web_kept": kept.get("web", 0), "synthetic_kept": kept.get("synthetic", 0)}
+
+
+def print_summary(run: str, threshold: float = 0.5, examples: int = 5) -> None:
+    con = open_run(run)
+    s = summary(con, threshold)
+    print(f"\nDuckDB over {run}: {s['samples']} samples in {s['shards']} shards, {s['ok']} ok")
+    print(f"  errors by type: {s['errors'] or 'none'}")
+    print(f"  filter at ITM >= {threshold}: web captions kept {s['web_kept']}/{s['web_captions']}, "
+          f"synthetic captions kept {s['synthetic_kept']}")
+    rows = con.execute("""SELECT key, source, round(itm, 3), text FROM captions ORDER BY shard, key, source DESC, rank
+                          LIMIT ?""", [examples]).fetchall()
+    for key, source, itm, text in rows:
+        print(f"  {key} {source:9s} itm={itm}  {text}")

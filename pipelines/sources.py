@@ -1,0 +1,106 @@
+"""Where shards come from and where a run goes: expanding input specs and checking locations before any I/O."""
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import fsspec
+from braceexpand import braceexpand
+
+# Protocols capfilt reads and writes. Everything else (pipe:, ssh, chained 'a::b' URLs) is refused before I/O.
+ALLOWED_PROTOCOLS = {"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "memory"}
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+class LocationError(ValueError):
+    """An input or output location that cannot or must not be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    id: str  # unique within a run: the file stem, disambiguated by a short hash when stems collide
+    url: str
+
+
+def check_location(location: str) -> str:
+    """Refuse protocol chaining and protocols outside ALLOWED_PROTOCOLS; return the protocol."""
+    if "::" in location:
+        raise LocationError(f"{location!r}: chained fsspec URLs ('a::b') are not accepted")
+    protocol = location.split("://", 1)[0].lower() if "://" in location else "file"
+    if ":" in location.split("/", 1)[0] and "://" not in location and not _is_windows_drive(location):
+        raise LocationError(f"{location!r}: URL scheme without '//' (such as pipe:) is not accepted")
+    if protocol not in ALLOWED_PROTOCOLS:
+        raise LocationError(f"{location!r}: protocol {protocol!r} is not accepted (use one of {sorted(ALLOWED_PROTOCOLS)})")
+    return protocol
+
+
+def _is_windows_drive(location: str) -> bool:
+    return len(location) > 1 and location[1] == ":" and location[0].isalpha()
+
+
+def expand_shards(spec: str) -> list[Shard]:
+    """Shards named by `spec`: a path, a directory of tars, a glob, a brace range or an fsspec URL.
+
+    Several specs may be given separated by whitespace. Local inputs must exist.
+    """
+    urls: list[str] = []
+    for part in spec.split():
+        for item in braceexpand(part):
+            urls.extend(_expand_one(item))
+    if not urls:
+        raise LocationError(f"no shards match {spec!r}")
+    seen: set[str] = set()
+    unique = [u for u in urls if not (u in seen or seen.add(u))]
+    return _with_ids(unique)
+
+
+def _expand_one(item: str) -> list[str]:
+    protocol = check_location(item)
+    if protocol in ("file", "local"):
+        path = item.split("://", 1)[1] if "://" in item else item
+        path = os.path.abspath(os.path.expanduser(path))
+        if any(c in path for c in "*?["):
+            found = sorted(globlib.glob(path))
+            if not found:
+                raise LocationError(f"no files match {item!r}")
+            return found
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(TAR_SUFFIXES))
+            if not found:
+                raise LocationError(f"directory {item!r} holds no .tar shards")
+            return found
+        if not os.path.exists(path):
+            raise LocationError(f"no such shard: {item!r}")
+        return [path]
+    if any(c in item for c in "*?["):
+        fs, _, _ = fsspec.get_fs_token_paths(item)
+        found = sorted(fs.glob(item))
+        if not found:
+            raise LocationError(f"no files match {item!r}")
+        return [fs.unstrip_protocol(p) for p in found]
+    return [item]
+
+
+def _stem(url: str) -> str:
+    name = PurePosixPath(url.split("://", 1)[-1]).name
+    for suffix in TAR_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _with_ids(urls: list[str]) -> list[Shard]:
+    stems = [_stem(u) for u in urls]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    shards = []
+    for url, stem in zip(urls, stems):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "shard"
+        if counts[stem] > 1 or safe != stem:
+            safe = f"{safe}-{hashlib.sha1(url.encode()).hexdigest()[:8]}"
+        shards.append(Shard(safe, url))
+    return shards

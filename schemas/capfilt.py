@@ -1,0 +1,51 @@
+"""The CapFilt output contract: one Arrow schema for the per-shard Parquet files, and the run / marker files."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+# Every column, with what a curator needs to know about it. The schema below is built from this table.
+COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("shard", pa.string(), "id of the input shard (file stem, made unique across the input list)"),
+    ("key", pa.string(), "the sample key inside its shard (the tar member name without extension); null for a shard-level error row"),
+    ("status", pa.string(), "'ok' when the image was decoded and scored, else 'error'"),
+    ("error_type", pa.string(), "stable code of the failure when status = 'error' (see README), else null"),
+    ("error_message", pa.string(), "human-readable detail of the failure, else null"),
+    ("url", pa.string(), "source URL from the img2dataset metadata (KEY.json), when present"),
+    ("web_caption", pa.string(), "the original alt-text (KEY.txt, else the json 'caption'); null when the sample has none"),
+    ("web_caption_invalid_utf8", pa.bool_(), "true when the caption bytes were not UTF-8 and were decoded with replacement characters"),
+    ("web_itm", pa.float32(), "filter ITM p(match) of image and web caption; null without a caption or on error"),
+    ("web_itc", pa.float32(), "filter ITC cosine similarity of image and web caption; null without a caption or on error"),
+    ("synthetic", pa.list_(pa.struct([("text", pa.string()), ("itm", pa.float32()), ("itc", pa.float32())])),
+     "the captioner's nucleus-sampled captions, in sampling order, each with its filter ITM p(match) and ITC cosine"),
+    ("image_embedding", None, "L2-normalised ITC image embedding of the filter (fixed-size float32 list); null on error"),
+    ("width", pa.int32(), "width of the decoded image in pixels"),
+    ("height", pa.int32(), "height of the decoded image in pixels"),
+    ("image_format", pa.string(), "extension of the image member (jpg, png, webp, ...)"),
+    ("original_width", pa.int32(), "img2dataset metadata: width of the image before img2dataset resized it"),
+    ("original_height", pa.int32(), "img2dataset metadata: height of the image before img2dataset resized it"),
+    ("sha256", pa.string(), "img2dataset metadata: sha256 of the downloaded image bytes"),
+    ("metadata", pa.string(), "the sample's whole KEY.json, as text, for any field not given a column"),
+]
+
+COLUMN_DOCS = {name: doc for name, _, doc in COLUMNS}
+COLUMN_NAMES = [name for name, _, _ in COLUMNS]
+STATUS_OK, STATUS_ERROR = "ok", "error"
+
+
+def sample_schema(embedding_dim: int) -> pa.Schema:
+    """The schema of every per-shard Parquet file of a run whose filter embeds into `embedding_dim` floats."""
+    fields = []
+    for name, dtype, doc in COLUMNS:
+        if name == "image_embedding":
+            dtype = pa.list_(pa.float32(), embedding_dim)
+        fields.append(pa.field(name, dtype, metadata={"doc": doc}))
+    return pa.schema(fields, metadata={"capfilt_schema_version": SCHEMA_VERSION})
+
+
+# Layout of a run directory.
+RUN_FILE = "run.json"  # the full configuration; a re-run must match it
+SHARD_DIR = "shards"  # {shard}.parquet, then {shard}.done.json (the done-marker, written last)
+PARQUET_SUFFIX = ".parquet"
+MARKER_SUFFIX = ".done.json"
