@@ -42,12 +42,12 @@ def keep_list(con: duckdb.DuckDBPyConnection, threshold: float = 0.5, source: st
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
-    return con.execute(
+    return con.sql(
         """SELECT shard, key, url, source, rank, text, itm, itc FROM captions
            WHERE itm >= $threshold AND ($source = 'both' OR source = $source)
            ORDER BY shard, key, source DESC, rank""",
-        {"threshold": threshold, "source": source},
-    ).arrow().read_all()
+        params={"threshold": threshold, "source": source},
+    ).to_arrow_table()
 
 
 def summary(con: duckdb.DuckDBPyConnection, threshold: float = 0.5) -> dict:

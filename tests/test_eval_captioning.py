@@ -30,24 +30,39 @@ def _no_download(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def scores(tmp_path_factory):
-    # One real run (PTB tokenizer + METEOR on Java) shared by the tests below; SPICE's jars are
-    # pointed at an empty folder so the result does not depend on what this machine has installed.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(captioning, "SPICE_DIR", tmp_path_factory.mktemp("no_spice"))
-        patch.setattr(stanford_models, "urlretrieve", _no_download)
-        return caption_scores(PREDICTIONS, REFERENCES, spice="auto")
+def runs(tmp_path_factory):
+    """(caption_scores result, the same metrics from pycocoevalcap's scorers called directly).
 
-
-def test_scores_equal_pycocoevalcap_called_directly(scores):
+    METEOR's JVM takes several seconds to start, so both sides share one METEOR process (the direct
+    call goes first; caption_scores stops the process when done). SPICE's jars are pointed at an empty
+    folder so the result does not depend on what this machine has installed.
+    """
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({k: [{"caption": c} for c in refs] for k, refs in REFERENCES.items()})
     res = tokenizer.tokenize({k: [{"caption": PREDICTIONS[k]}] for k in REFERENCES})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     expected = {f"BLEU-{n}": b for n, b in enumerate(bleu, start=1)}
-    expected["METEOR"] = Meteor().compute_score(gts, res)[0]
+    meteor = Meteor()
+    expected["METEOR"] = meteor.compute_score(gts, res)[0]
     expected["ROUGE-L"] = Rouge().compute_score(gts, res)[0]
     expected["CIDEr"] = Cider().compute_score(gts, res)[0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(captioning, "Meteor", lambda: meteor)
+        patch.setattr(captioning, "SPICE_DIR", tmp_path_factory.mktemp("no_spice"))
+        patch.setattr(stanford_models, "urlretrieve", _no_download)
+        ours = caption_scores(PREDICTIONS, REFERENCES, spice="auto")
+    assert meteor.meteor_p.poll() is not None, "caption_scores left the METEOR JVM running"
+    return ours, expected
+
+
+@pytest.fixture(scope="module")
+def scores(runs):
+    return runs[0]
+
+
+def test_scores_equal_pycocoevalcap_called_directly(runs):
+    scores, expected = runs
+    assert set(expected) < set(scores)
     for name, value in expected.items():
         assert scores[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
     # Sanity: close paraphrases score well but not perfectly.

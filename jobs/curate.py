@@ -1,0 +1,63 @@
+"""Curator commands over a CapFilt run: summary, keep-list and export of the bootstrapped dataset.
+# (Not named select.py: jobs/ is first on sys.path when run as a script, and would shadow the stdlib select module.)
+
+    python jobs/curate.py summary OUT
+    python jobs/curate.py keep OUT --threshold 0.5 --source both --to keep.parquet
+    python jobs/curate.py export OUT --to bootstrapped/ --threshold 0.5 --source both
+
+Thresholds live here, in queries: changing one never re-runs a model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/curate.py` from any directory
+
+import duckdb  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from pipelines.export import export_dataset  # noqa: E402
+from pipelines.select import SOURCES, keep_list, open_run, print_summary  # noqa: E402
+from pipelines.sources import LocationError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jobs/curate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (("summary", "counts, error types and what the filter keeps"),
+                            ("keep", "the keep-list: one row per kept caption"),
+                            ("export", "img2dataset-style shards of the kept samples")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("run", help="the --output directory of a capfilt run")
+        cmd.add_argument("--threshold", type=float, default=0.5, help="keep captions with ITM p(match) >= this")
+        if name != "summary":
+            cmd.add_argument("--source", choices=SOURCES, default="both", help="which captions may be kept")
+            cmd.add_argument("--to", required=name == "export", help="output file (keep: .parquet) or directory")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "summary":
+            print_summary(args.run, args.threshold)
+        elif args.command == "keep":
+            table = keep_list(open_run(args.run), args.threshold, args.source)
+            if args.to:
+                pq.write_table(table, args.to)
+                print(f"{table.num_rows} kept captions -> {args.to}")
+            else:
+                for row in table.slice(0, 20).to_pylist():
+                    print(json.dumps(row, ensure_ascii=False))
+                print(f"{table.num_rows} kept captions (first 20 shown; --to FILE writes them all)")
+        else:
+            totals = export_dataset(args.run, args.to, args.threshold, args.source)
+            print(f"exported {totals['samples']} samples in {totals['shards']} shards -> {args.to}")
+    except (ValueError, LocationError, duckdb.Error, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
