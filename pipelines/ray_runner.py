@@ -90,6 +90,18 @@ class ShardState:
     rows: dict = field(default_factory=dict)  # (seq, position) -> row
 
 
+def plan_resources(cpus: float, gpus: int, n_actors: int) -> dict:
+    """CPU shares: model actors never take the last CPU, so decode tasks can always be scheduled."""
+    if gpus:
+        actor_cpus = min(1.0, max(cpus - 1, 0) / n_actors)
+    else:
+        actor_cpus = min(1.0, max(cpus - 1, cpus / 2) / n_actors)
+    free = cpus - actor_cpus * n_actors
+    decode_cpus = min(1.0, free)
+    return {"actor_cpus": round(actor_cpus, 3), "decode_cpus": round(decode_cpus, 3),
+            "decode_workers": max(1, int(free // decode_cpus))}
+
+
 def run_capfilt(config: CapFiltConfig, log=print) -> dict:
     """Run CapFilt over config.input into config.output; returns the summary it prints at the end."""
     config.validate()
@@ -97,15 +109,14 @@ def run_capfilt(config: CapFiltConfig, log=print) -> dict:
     shards = expand_shards(config.input)
     out = RunDir(config.output)
     connect()
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
     n_actors = config.actors or max(gpus, 1)
-    actor_options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1)
+    plan = plan_resources(cpus, gpus, n_actors)
+    actor_options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1, num_cpus=plan["actor_cpus"])
     if gpus:
-        actor_options.update(num_gpus=1, num_cpus=1)
-        device = config.device if config.device != "auto" else "cuda"
-    else:
-        actor_options.update(num_cpus=1)
-        device = config.device
+        actor_options.update(num_gpus=1)
+    device = "cuda" if gpus and config.device == "auto" else config.device
     threads = config.model_threads or (None if gpus else os.cpu_count())
     actor_class = ray.remote(ModelActor)
     actors = [
@@ -113,6 +124,14 @@ def run_capfilt(config: CapFiltConfig, log=print) -> dict:
                                                     config.precision, threads)
         for _ in range(n_actors)
     ]
+    try:
+        return _run(config, shards, out, actors, plan, n_actors, log)
+    finally:
+        for actor in actors:
+            ray.kill(actor)  # free their CPUs / GPUs now, not when the driver's handles are collected
+
+
+def _run(config: CapFiltConfig, shards: list[Shard], out: RunDir, actors: list, plan: dict, n_actors: int, log) -> dict:
     info = ray.get(actors[0].info.remote())
     record = run_record(config, [s.url for s in shards], info)
     existing = out.read_json(out.path(RUN_FILE))
@@ -126,17 +145,19 @@ def run_capfilt(config: CapFiltConfig, log=print) -> dict:
     todo = deque(s for s in shards if s.id not in done)
     log(f"capfilt: {len(shards)} shards ({len(shards) - len(todo)} already done), {n_actors} model actor(s) on "
         f"{info['device']} ({info['precision']}), captioner {config.captioner}, filter {config.filter}")
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    decode_workers = config.decode_workers or max(1, cpus - (0 if gpus else n_actors))
-    scheduler = _Scheduler(actors, info, config, out, log, total=len(shards), already=len(shards) - len(todo))
+    decode_workers = config.decode_workers or plan["decode_workers"]
+    scheduler = _Scheduler(actors, info, config, out, log, total=len(shards), already=len(shards) - len(todo),
+                           decode_cpus=plan["decode_cpus"])
     summary = scheduler.run(todo, max_active=decode_workers + 1)
     log(_summary_line(summary))
     return summary
 
 
 class _Scheduler:
-    def __init__(self, actors, info, config: CapFiltConfig, out: RunDir, log, total: int, already: int):
+    def __init__(self, actors, info, config: CapFiltConfig, out: RunDir, log, total: int, already: int,
+                 decode_cpus: float = 1.0):
         self.actors, self.info, self.config, self.out, self.log = actors, info, config, out, log
+        self.decode = decode_shard.options(num_cpus=decode_cpus)
         self.load = {i: 0 for i in range(len(actors))}
         self.waiting: deque[Work] = deque()
         self.inflight: dict[ray.ObjectRef, tuple[Work, int]] = {}
@@ -165,7 +186,7 @@ class _Scheduler:
                 "output": self.config.output}
 
     def _start(self, shard: Shard) -> None:
-        generator = decode_shard.remote(shard.id, shard.url, self.info["image_sizes"], self.config.batch_size,
+        generator = self.decode.remote(shard.id, shard.url, self.info["image_sizes"], self.config.batch_size,
                                         self.config.max_pixels)
         self.active[shard.id] = ShardState(shard, generator)
 

@@ -21,6 +21,19 @@ MAX_TEXT_BYTES = 1 << 20
 KEY_PATTERN = re.compile(r"^((?:.*/|)[^./][^/]*?)\.([^/]*)$")
 
 
+class _TarInfo(tarfile.TarInfo):
+    """Notes when the archive stops without its end-of-archive block: tarfile ends such a stream silently,
+    which would hide a shard cut exactly between two members."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+            tar.cut_short = True
+            raise
+
+
 @dataclass
 class RawSample:
     key: str
@@ -41,7 +54,7 @@ def read_shard(url: str, max_image_bytes: int = MAX_IMAGE_BYTES) -> Iterator[Raw
     current: RawSample | None = None
     seen: set[str] = set()
     try:
-        with fsspec.open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        with fsspec.open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_TarInfo) as tar:
             for member in tar:
                 if not member.isfile():
                     continue  # directories and links carry no sample data
@@ -75,6 +88,8 @@ def read_shard(url: str, max_image_bytes: int = MAX_IMAGE_BYTES) -> Iterator[Raw
                 if len(data) != member.size:
                     raise EOFError(f"member {member.name!r} is cut short")
                 current.members.setdefault(extension, data)
+            if getattr(tar, "cut_short", False):
+                raise EOFError("the archive ends without its end-of-archive block")
     except (tarfile.ReadError, EOFError, OSError, ValueError) as exc:
         problem = _classify(exc, started=current is not None)
         if current is not None:

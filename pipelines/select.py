@@ -55,12 +55,12 @@ def summary(con: duckdb.DuckDBPyConnection, threshold: float = 0.5) -> dict:
     totals = con.execute("""
         SELECT count(*) FILTER (WHERE key IS NOT NULL), count(*) FILTER (WHERE status = 'ok'),
                count(DISTINCT shard), avg(web_itm), avg(list_avg(list_transform(synthetic, lambda s: s.itm)))
-        FROM samples""").fetchone()
+        FROM samples""").fetchall()[0]
     errors = dict(con.execute("""SELECT error_type, count(*) FROM samples WHERE status = 'error'
                                   GROUP BY 1 ORDER BY 2 DESC, 1""").fetchall())
     kept = dict(con.execute("""SELECT source, count(*) FROM captions WHERE itm >= ? GROUP BY 1""",
                             [threshold]).fetchall())
-    with_web = con.execute("SELECT count(*) FROM captions WHERE source = 'web'").fetchone()[0]
+    with_web = con.execute("SELECT count(*) FROM captions WHERE source = 'web'").fetchall()[0][0]
     return {"samples": totals[0], "ok": totals[1], "shards": totals[2], "mean_web_itm": totals[3],
             "mean_synthetic_itm": totals[4], "errors": errors, "threshold": threshold,
             "web_captions": with_web, "web_kept": kept.get("web", 0), "synthetic_kept": kept.get("synthetic", 0)}

@@ -1,4 +1,6 @@
 """caption_scores against pycocoevalcap's own scorers, SPICE/METEOR reporting, and input validation."""
+import subprocess
+
 import pytest
 
 import pycocoevalcap.spice.get_stanford_models as stanford_models
@@ -91,19 +93,28 @@ def test_spice_status_sees_the_jars(tmp_path, monkeypatch):
     assert captioning.spice_status() == (True, "")
 
 
-def test_meteor_failure_is_reported_and_line_breaks_do_not_shift_captions(monkeypatch):
+def test_java_failures_are_reported_and_line_breaks_do_not_shift_captions(monkeypatch):
     def broken_meteor():
         raise OSError("no JVM")
 
+    def broken_spice(gts, res):
+        raise subprocess.CalledProcessError(1, ["java", "-jar", "spice-1.0.jar"])
+
     monkeypatch.setattr(captioning, "Meteor", broken_meteor)
+    monkeypatch.setattr(captioning, "spice_status", lambda: (True, ""))
+    monkeypatch.setattr(captioning, "_spice", broken_spice)
     # pycocoevalcap's tokenizer writes one caption per line: an "\r" or "\u2028" inside a caption
     # would shift every later caption onto the wrong image unless whitespace is collapsed first.
     refs = {"a": ["a dog\rruns on grass"], "b": ["two cats on a\u2028red sofa"], "c": ["a man on a horse"]}
     preds = {"a": "a dog runs on grass", "b": "two cats on a red sofa", "c": "a man on a horse"}
-    result = caption_scores(preds, refs, spice=False)
-    assert "METEOR" not in result and result["unavailable"] == ["METEOR"]
+    result = caption_scores(preds, refs, spice="auto")
+    assert "METEOR" not in result and "SPICE" not in result
+    assert result["unavailable"] == ["METEOR", "SPICE"]
     assert "no JVM" in result["unavailable_reasons"]["METEOR"]
+    assert "CalledProcessError" in result["unavailable_reasons"]["SPICE"]
     assert result["BLEU-1"] == pytest.approx(1.0) and result["ROUGE-L"] == pytest.approx(1.0)
+    with pytest.raises(MetricUnavailableError, match="SPICE failed to run"):
+        caption_scores(preds, refs, spice=True)
 
 
 @pytest.mark.parametrize(

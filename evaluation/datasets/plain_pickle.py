@@ -26,5 +26,6 @@ def load_plain_pickle(path) -> Any:
     with path.open("rb") as handle:
         try:
             return _PlainUnpickler(handle, encoding="utf-8").load()
-        except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError) as error:
+        # A truncated or corrupt pickle fails in many ways (EOFError, KeyError, TypeError, ...).
+        except Exception as error:
             raise DatasetFormatError(path, f"not a plain-data pickle ({error})") from error

@@ -51,7 +51,7 @@ def read_vqa(questions_path, annotations_path=None, coco_split: str | None = Non
             raise DatasetFormatError(questions_path, f"{where}: duplicate question_id {qid}")
         seen.add(qid)
         name = posixpath.join(folder, f"COCO_{folder}_{image_id:012d}.jpg")
-        extra = {}
+        extra = {"answers": ()}  # unlabelled (e.g. test-dev)
         if labels is not None:
             if qid not in labels:
                 raise DatasetFormatError(annotations_path, f"no annotation for question_id {qid}")
@@ -72,6 +72,8 @@ def _read_vqa_annotations(path) -> dict[int, dict]:
     for index, annotation in enumerate(annotations):
         where = f"annotations[{index}]"
         qid = field(annotation, "question_id", int, path, where)
+        if qid in labels:
+            raise DatasetFormatError(path, f"{where}: duplicate question_id {qid}")
         answers = field(annotation, "answers", list, path, where)
         if not answers:
             raise DatasetFormatError(path, f"{where}.answers is empty")

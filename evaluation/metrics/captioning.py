@@ -19,6 +19,12 @@ SPICE_DIR = Path(_spice_module.__file__).resolve().parent
 _CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
+# Reported, not verified here (no CoreNLP offline): SPICE 1.0's cache serialiser is known to crash on
+# Java 16+ with InaccessibleObjectException; the jar's stack trace goes to stderr.
+_SPICE_JAVA_HINT = ("its Java stack trace is on stderr; SPICE 1.0 is known to fail on Java 16+ "
+                    "(InaccessibleObjectException), Java 8 or 11 run it")
+
+
 class MetricUnavailableError(RuntimeError):
     """A metric was explicitly requested but cannot run on this machine."""
 
@@ -90,12 +96,15 @@ def caption_scores(
 ) -> dict:
     """Corpus-level caption metrics of one caption per id against its references.
 
-    Scores are on pycocoevalcap's 0-1 scale (the papers' tables show them x100).
+    Scores are on pycocoevalcap's 0-1 scale (the papers' tables show them x100). Score a whole split in
+    one call: CIDEr's document frequencies come from the references given, so per-shard scores averaged
+    afterwards are not the split's CIDEr (BLEU is corpus-level too).
     Keys: "BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", and "SPICE" when it ran; "unavailable" lists
     the metrics that could not run here and "unavailable_reasons" says why. A metric that did not run
     is absent, never 0.
-    spice: True requires SPICE (MetricUnavailableError if it cannot run), False skips it, "auto" runs it
-    when its CoreNLP jars are present. Java is required (the PTB tokenizer and METEOR run on it).
+    spice: True requires SPICE (MetricUnavailableError if it cannot run), False skips it without listing
+    it as unavailable, "auto" runs it when its CoreNLP jars are present and lists it as unavailable
+    otherwise. Java is required (the PTB tokenizer and METEOR run on it).
     """
     if spice not in (True, False, "auto"):
         raise ValueError(f"spice must be True, False or 'auto', got {spice!r}")
@@ -122,9 +131,10 @@ def caption_scores(
         try:
             result["SPICE"] = _spice(gts, res)
         except Exception as error:  # the SPICE jar can fail in many ways (memory, LMDB cache, JVM)
+            reason = f"SPICE failed to run ({type(error).__name__}: {error}); {_SPICE_JAVA_HINT}"
             if spice is True:
-                raise MetricUnavailableError(f"SPICE failed to run: {error}") from error
-            unavailable["SPICE"] = f"SPICE failed to run: {type(error).__name__}: {error}"
+                raise MetricUnavailableError(reason) from error
+            unavailable["SPICE"] = reason
     elif spice == "auto":
         unavailable["SPICE"] = spice_reason
     result["unavailable"] = sorted(unavailable)
