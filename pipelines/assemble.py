@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pyarrow as pa
 
 from schemas.capfilt import COLUMN_NAMES, STATUS_OK, sample_schema
@@ -12,8 +13,19 @@ def shard_table(rows: list[dict], embedding_dim: int) -> pa.Table:
     """Rows (in tar order) as an Arrow table of the run's schema; absent columns are null."""
     schema = sample_schema(embedding_dim)
     columns = {name: [row.get(name) for row in rows] for name in COLUMN_NAMES}
-    columns["image_embedding"] = [None if e is None else list(map(float, e)) for e in columns["image_embedding"]]
+    columns["image_embedding"] = embedding_array(columns["image_embedding"], embedding_dim)
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def embedding_array(embeddings: list, dim: int) -> pa.FixedSizeListArray:
+    """Fixed-size float32 lists; a null row keeps zeros underneath (DuckDB's list functions read the child
+    values of null rows and refuse NULLs there)."""
+    values = np.zeros((len(embeddings), dim), dtype=np.float32)
+    valid = np.array([e is not None for e in embeddings], dtype=bool)
+    for i, embedding in enumerate(embeddings):
+        if embedding is not None:
+            values[i] = embedding
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim, mask=pa.array(~valid))
 
 
 def shard_stats(shard_id: str, url: str, rows: list[dict], started: float) -> dict:

@@ -144,5 +144,5 @@ def test_default_precision_scores_are_close_to_fp32(matcher, matcher_default, pi
     exact, default = matcher.score(pixels, texts), matcher_default.score(pixels, texts)
     assert default.itm.dtype == default.itc.dtype == np.float32
     assert ((default.itm >= 0) & (default.itm <= 1)).all()
-    np.testing.assert_allclose(default.itm, exact.itm, atol=0.02)
-    np.testing.assert_allclose(default.itc, exact.itc, atol=0.05)
+    np.testing.assert_allclose(default.itm, exact.itm, atol=0.01)
+    np.testing.assert_allclose(default.itc, exact.itc, atol=0.01)

@@ -148,3 +148,29 @@ def test_select_and_export(cluster, corpus, tmp_path):
     assert meta["caption"] == exported["000000000"].members["txt"].decode()
     assert {c["source"] for c in meta["capfilt"]["captions"]} == {"web", "synthetic"}
     assert (tmp_path / "boot" / "00000_stats.json").exists()
+
+
+README = __import__("pathlib").Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_documents_every_column():
+    """Every output column is documented in the README's column table."""
+    text = README.read_text()
+    assert all(f"`{name}`" in text for name in COLUMN_NAMES)
+
+
+def test_readme_cookbook_queries_run(cluster, corpus, tmp_path):
+    """Each SQL query of the README cookbook runs on a real run and returns rows."""
+    import re
+
+    _, paths = corpus
+    out = tmp_path / "out"
+    run(paths[:2], out)
+    block = re.search(r"```sql\n(.*?)```", README.read_text(), re.S).group(1)
+    queries = [q.strip() for q in block.replace("out/run1", str(out)).split(";") if q.strip()]
+    assert len(queries) == 5
+    for query in queries:
+        body = "\n".join(line for line in query.splitlines() if not line.startswith("--"))
+        duckdb.sql(body).fetchall()  # raises on any error
+    rows = duckdb.sql("\n".join(l for l in queries[3].splitlines() if not l.startswith("--"))).fetchall()
+    assert len(rows) == 5 and abs(rows[0][3] - 1.0) < 1e-5  # the query image is its own nearest neighbour
