@@ -8,6 +8,9 @@ import torch
 from models.base import Role
 
 QUESTION_MAX_LENGTH = 35
+# BLIP scores a candidate answer by minus its decoder loss, and that loss is label-smoothed (0.1 in BLIP's med.py);
+# ranking by the same quantity keeps the chosen answers those of the original code.
+RANK_LABEL_SMOOTHING = 0.1
 
 
 class Answerer(Role):
@@ -51,9 +54,10 @@ class Answerer(Role):
         return self.decode(out[:, 1:])
 
     @torch.inference_mode()
-    def rank(self, images, questions: Sequence[str], candidates: Sequence[str], k: int = 128) -> list[str]:
+    def rank(self, images, questions: Sequence[str], candidates: Sequence[str], k: int = 128,
+             label_smoothing: float = RANK_LABEL_SMOOTHING) -> list[str]:
         """BLIP's VQAv2 protocol: shortlist the k candidates whose first token is most probable, then pick the
-        candidate with the highest full-answer log-likelihood."""
+        candidate with the lowest full-answer decoder loss (label-smoothed as BLIP's; 0 gives plain likelihood)."""
         if not candidates:
             raise ValueError("rank needs a non-empty candidate answer list")
         states, mask = self.encode_questions(images, questions)
@@ -78,8 +82,9 @@ class Answerer(Role):
                 return_dict=True,
             ).logits
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        targets = ids[:, 1:]
-        token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * amask[:, 1:]
-        best = token_lp.sum(-1).view(n_questions, k).argmax(dim=1)
+        nll = -log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        token_loss = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+        loss = (token_loss * amask[:, 1:]).sum(-1)
+        best = loss.view(n_questions, k).argmin(dim=1)
         chosen = top.gather(1, best.unsqueeze(1)).squeeze(1)
         return [candidates[i] for i in chosen.tolist()]

@@ -57,9 +57,12 @@ class Role:
 
     def pixel_values(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S) on the model's device."""
-        batch = torch.as_tensor(images).to(self.device, non_blocking=True)
-        if batch.ndim != 4 or batch.shape[-1] != 3 or batch.shape[1] != self.image_size:
-            raise ValueError(f"expected uint8 images of shape (B, {self.image_size}, {self.image_size}, 3), got {tuple(batch.shape)}")
+        batch = torch.as_tensor(images)
+        expected = (self.image_size, self.image_size, 3)
+        if batch.dtype != torch.uint8 or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise ValueError(f"expected uint8 images of shape (B, {self.image_size}, {self.image_size}, 3), "
+                             f"got {batch.dtype} {tuple(batch.shape)}; Role.prepare makes them")
+        batch = batch.to(self.device, non_blocking=True)
         batch = batch.permute(0, 3, 1, 2).float()
         return (batch - self._mean) / self._std
 

@@ -14,12 +14,10 @@ class DeviceError(ValueError):
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` is the first CUDA device when there is one, else the CPU."""
-    if isinstance(device, torch.device):
-        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
+        resolved = device if isinstance(device, torch.device) else torch.device(device)
     except RuntimeError as exc:
         raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():

@@ -64,7 +64,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        top = array.max(initial=0)
+        if mode.startswith("I;16") or top > 255:
+            high = 65535.0
+        else:
+            high = 1.0 if mode == "F" and top <= 1.0 else 255.0  # float images usually hold [0, 1]
         gray = np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
@@ -103,11 +107,16 @@ def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or array.size == 0:
         raise ImageError("not_an_image", f"an image array must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.number):
+        if np.issubdtype(array.dtype, np.integer):
+            # the dtype's range is the image's range: uint16 0..65535 maps onto 0..255, never clipped
+            high = float(np.iinfo(array.dtype).max) if array.max(initial=0) > 255 else 255.0
+            array = np.clip(array.astype(np.float64) / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        elif np.issubdtype(array.dtype, np.floating):
+            values = array.astype(np.float64)
+            scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0  # floats in [0, 1] are the usual convention
+            array = np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
+        else:
             raise ImageError("not_an_image", f"an image array must be numeric, got dtype {array.dtype}")
-        values = array.astype(np.float64)
-        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0  # floats in [0, 1] are the usual convention
-        array = np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
     return to_rgb(Image.fromarray(array))
 
 

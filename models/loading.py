@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 import transformers
 
 from models import tiny
+from models.patches import fix_cross_attention_mask
 
 ZOO_FILE = Path(__file__).with_name("zoo.json")
 # The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares.
@@ -109,6 +109,7 @@ def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
         raise ModelLoadError(f"{name!r} is a {spec.task} model, but a {task} model is needed here")
     if spec.kind == "tiny":
         model, tokenizer = tiny.build_tiny(spec.task, seed=int(spec.location))
+        fix_cross_attention_mask(model)
         size = model.config.vision_config.image_size
         return Checkpoint(spec, "blip", spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD, f"tiny-seed{spec.location}")
     directory, fingerprint = _fetch(spec) if spec.kind == "hub" else (Path(spec.location), None)
@@ -120,7 +121,7 @@ def _fetch(spec: ModelSpec) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download
 
     repo, _, revision = spec.location.partition("@")
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # fail fast, never hang, when the hub is unreachable
+    # huggingface_hub's own 10 s metadata timeout bounds the wait when the hub is unreachable.
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     try:
         path = Path(snapshot_download(repo, revision=revision or None, allow_patterns=patterns))
@@ -157,9 +158,20 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
     family, found_task = ARCHITECTURES[known[0]]
     if task is not None and found_task != task:
         raise ModelLoadError(f"{spec.name!r} is a {found_task} model ({known[0]}), but a {task} model is needed here")
+    if not any((directory / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        raise ModelLoadError(f"{str(directory)!r} has no tokenizer (tokenizer.json or vocab.txt) beside its weights")
     model_class = getattr(transformers, known[0])
-    model = model_class.from_pretrained(directory, use_safetensors=True).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    try:
+        model = model_class.from_pretrained(directory, use_safetensors=True).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; the user needs one sentence
+        raise ModelLoadError(f"cannot load {str(directory)!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    fix_cross_attention_mask(model)
+    text_vocab = getattr(getattr(model.config, "text_config", None), "vocab_size", None)
+    if family == "blip" and text_vocab and len(tokenizer) > text_vocab:
+        raise ModelLoadError(f"{str(directory)!r}: the tokenizer has {len(tokenizer)} tokens but the model only {text_vocab}")
+    if family == "blip" and tokenizer.convert_tokens_to_ids("[SEP]") in (None, tokenizer.unk_token_id):
+        raise ModelLoadError(f"{str(directory)!r}: the tokenizer is not a BERT WordPiece tokenizer with [SEP] and [CLS]")
     processor = _read_json(directory / "preprocessor_config.json")
     size = model.config.vision_config.image_size
     mean = tuple(processor.get("image_mean", CLIP_MEAN))

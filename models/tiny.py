@@ -55,7 +55,8 @@ def build_tokenizer(vocab: list[str] | None = None) -> BertTokenizer:
         path = Path(tmp) / "vocab.txt"
         path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
         # vocab=, not vocab_file=: transformers 5 silently builds a 5-token vocabulary from vocab_file=.
-        tokenizer = BertTokenizer(vocab=str(path), do_lower_case=True, bos_token="[DEC]")
+        tokenizer = BertTokenizer(vocab=str(path), do_lower_case=True, bos_token="[DEC]",
+                                  additional_special_tokens=["[ENC]"])
     assert tokenizer.convert_tokens_to_ids("[ENC]") == SPECIAL_TOKENS.index("[ENC]"), "tiny vocabulary is broken"
     return tokenizer
 

@@ -39,13 +39,14 @@ def first_token_probs(answerer, states: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, -1)[firsts]
 
 
-def answer_log_likelihood(answerer, states: torch.Tensor, answer: str) -> float:
-    """log p(answer tokens + [SEP] | question) by teacher forcing through the decoder, one unpadded answer."""
+def answer_log_likelihood(answerer, states: torch.Tensor, answer: str, smoothing: float = 0.1) -> float:
+    """Minus BLIP's decoder loss of (answer tokens + [SEP]) by teacher forcing, one unpadded answer: torch's
+    label-smoothed cross entropy summed over tokens (smoothing 0: the plain log-likelihood)."""
     ids = token_ids(answerer, answer, "[DEC]")
     with torch.no_grad():
         logits = answerer.model.text_decoder(input_ids=ids, encoder_hidden_states=states).logits
-    log_probs = torch.log_softmax(logits[0, :-1], -1)
-    return log_probs.gather(-1, ids[0, 1:, None]).sum().item()
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], label_smoothing=smoothing, reduction="sum")
+    return -loss.item()
 
 
 # ---------------------------------------------------------------- special tokens
@@ -78,12 +79,14 @@ def test_answers_start_with_dec(answerer, pixels, record_forward):
 # ---------------------------------------------------------------- ranking
 
 
-def test_rank_with_full_k_is_the_brute_force_argmax(answerer, pixels):
-    """With k = len(candidates), rank returns the candidate of highest full-answer log-likelihood, per question."""
-    ranked = answerer.rank(pixels, QUESTIONS, CANDIDATES, k=len(CANDIDATES))
+@pytest.mark.parametrize("smoothing", [0.1, 0.0])
+def test_rank_with_full_k_is_the_brute_force_argmax(answerer, pixels, smoothing):
+    """With k = len(candidates), rank returns the candidate of lowest BLIP decoder loss (label smoothing 0.1 by
+    default, as BLIP; 0 is the plain log-likelihood), per question."""
+    ranked = answerer.rank(pixels, QUESTIONS, CANDIDATES, k=len(CANDIDATES), label_smoothing=smoothing)
     for q in range(len(QUESTIONS)):
         states = question_states(answerer, pixels, q)
-        scores = [answer_log_likelihood(answerer, states, c) for c in CANDIDATES]
+        scores = [answer_log_likelihood(answerer, states, c, smoothing) for c in CANDIDATES]
         assert ranked[q] == CANDIDATES[max(range(len(CANDIDATES)), key=scores.__getitem__)]
 
 
@@ -123,20 +126,15 @@ def test_answer_generates_one_string_per_question_within_max_length(answerer, pi
     assert answers == [answerer.tokenizer.decode(row[1:], skip_special_tokens=True).strip() for row in out]
 
 
-MASK_BUG = ("BUG: transformers 5.23 BlipTextAttention.forward never hands encoder_attention_mask to "
-            "BlipTextSelfAttention, so the VQA decoder's cross-attention attends to question padding; answerer.py "
-            "relies on that mask in answer() and rank(), so answers depend on the other questions in the batch")
 LONG_QUESTION = "what is the man wearing in this picture of the sky above the street next to the tree and the house"
 
 
-@pytest.mark.xfail(strict=True, reason=MASK_BUG)
 def test_answer_is_batch_independent(answerer, pixels):
     """A question's generated answer is the same alone and batched with a longer (padded-against) question (fp32)."""
     together = answerer.answer(pixels, QUESTIONS)
     assert together == [answerer.answer(pixels[i : i + 1], QUESTIONS[i : i + 1])[0] for i in range(2)]
 
 
-@pytest.mark.xfail(strict=True, reason=MASK_BUG)
 def test_rank_is_batch_independent(answerer, pixels):
     """A short question ranks two near-tied candidates the same alone and batched with a long question (fp32)."""
     candidates = ["dot", "which"]  # full-answer log-likelihoods 6e-4 apart for this image and question

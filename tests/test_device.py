@@ -32,8 +32,6 @@ def test_unknown_device_raises_device_error():
 
 
 @no_cuda
-@pytest.mark.xfail(strict=True, reason="BUG: resolve_device returns a torch.device unchecked, so "
-                   "torch.device('cuda') on a CUDA-less host escapes the DeviceError check")
 def test_cuda_torch_device_without_cuda_raises_device_error():
     """A torch.device('cuda') object gets the same availability check as the string 'cuda'."""
     with pytest.raises(DeviceError):

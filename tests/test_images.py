@@ -157,16 +157,12 @@ def test_load_image_accepts_arrays(astronaut):
     assert gray.shape == astronaut.shape and (gray == astronaut[..., 1:2]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: images._from_array clips integer arrays above 255 (uint16 -> all 255) "
-                   "instead of rescaling them like a 16-bit PIL image")
 def test_uint16_array_is_rescaled_like_a_16bit_image():
     """A uint16 array gives the same pixels as the same data as a 16-bit PIL image (rescaled, not clipped)."""
     values = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
     np.testing.assert_array_equal(np.asarray(load_image(values)), np.asarray(load_image(Image.fromarray(values))))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: images.to_rgb scales mode-F images by 255 whatever their range, so a "
-                   "float image in [0, 1] (e.g. a float TIFF) comes out black, unlike the same float array")
 def test_float_pil_image_in_unit_range_matches_float_array(encode):
     """A float32 image in [0, 1] decoded from a TIFF (mode F) gives the same pixels as the float array itself."""
     values = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
@@ -244,8 +240,6 @@ def test_pixel_values_rejects_wrong_shapes(matcher, shape):
         matcher.pixel_values(np.zeros(shape, np.uint8))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: base.Role.pixel_values checks neither the width nor the dtype, so a "
-                   "(B, S, W, 3) batch or float images in [0, 1] are accepted and normalised as if 0..255")
 @pytest.mark.parametrize("batch", [np.zeros((1, 32, 40, 3), np.uint8), np.full((1, 32, 32, 3), 0.5, np.float32)],
                          ids=["wrong-width", "float"])
 def test_pixel_values_rejects_wrong_width_or_dtype(matcher, batch):
