@@ -88,7 +88,8 @@ def resolve(name: str) -> ModelSpec:
         if source is None:
             return ModelSpec(name, entry["family"], entry["task"], "unavailable", entry["note"])
         kind, _, location = source.partition(":")
-        return ModelSpec(name, entry["family"], entry["task"], {"hf": "hub", "tiny": "tiny"}[kind], location)
+        return ModelSpec(name, entry["family"], entry["task"], {"hf": "hub", "tiny": "tiny", "base-random": "random"}[kind],
+                         location)
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelSpec(name, None, None, "dir", str(path.resolve()))
@@ -107,11 +108,13 @@ def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
         raise ModelLoadError(f"{name!r} has no checkpoint in Hugging Face layout: {spec.location}")
     if task is not None and spec.task is not None and spec.task != task:
         raise ModelLoadError(f"{name!r} is a {spec.task} model, but a {task} model is needed here")
-    if spec.kind == "tiny":
-        model, tokenizer = tiny.build_tiny(spec.task, seed=int(spec.location))
+    if spec.kind in ("tiny", "random"):
+        shape = "tiny" if spec.kind == "tiny" else "base"
+        model, tokenizer = tiny.build_tiny(spec.task, seed=int(spec.location), size=shape)
         fix_cross_attention_mask(model)
         size = model.config.vision_config.image_size
-        return Checkpoint(spec, "blip", spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD, f"tiny-seed{spec.location}")
+        return Checkpoint(spec, "blip", spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD,
+                          f"{shape}-random-seed{spec.location}")
     directory, fingerprint = _fetch(spec) if spec.kind == "hub" else (Path(spec.location), None)
     return _load_directory(spec, directory, task, fingerprint)
 

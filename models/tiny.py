@@ -61,40 +61,52 @@ def build_tokenizer(vocab: list[str] | None = None) -> BertTokenizer:
     return tokenizer
 
 
-def tiny_config(vocab_size: int, image_size: int = 32) -> BlipConfig:
+# Shapes: "tiny" for tests; "base" is BLIP-base (ViT-B/16 at 384 px, BERT-base text, 30524 tokens, ITM/ITC
+# projection 256) with random weights: it costs what a released base checkpoint costs, for benchmarks.
+SIZES = {
+    "tiny": dict(hidden=32, layers=2, heads=4, ffn=64, image_size=32, patch=8, vocab=None, proj=16, positions=64),
+    "base": dict(hidden=768, layers=12, heads=12, ffn=3072, image_size=384, patch=16, vocab=30524, proj=256,
+                 positions=512),
+}
+
+
+def tiny_config(vocab_size: int, image_size: int | None = None, size: str = "tiny") -> BlipConfig:
+    shape = SIZES[size]
     text = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        encoder_hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
+        vocab_size=shape["vocab"] or vocab_size,
+        hidden_size=shape["hidden"],
+        encoder_hidden_size=shape["hidden"],
+        intermediate_size=shape["ffn"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        max_position_embeddings=shape["positions"],
         bos_token_id=SPECIAL_TOKENS.index("[DEC]"),
         pad_token_id=0,
         sep_token_id=SPECIAL_TOKENS.index("[SEP]"),
         eos_token_id=SPECIAL_TOKENS.index("[SEP]"),
     )
     vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=8,
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["ffn"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        image_size=image_size or shape["image_size"],
+        patch_size=shape["patch"],
     )
-    return BlipConfig(text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=16)
+    return BlipConfig(text_config=text, vision_config=vision, projection_dim=shape["proj"],
+                      image_text_hidden_size=shape["proj"])
 
 
-def build_tiny(task: str, seed: int = 0, image_size: int = 32):
+def build_tiny(task: str, seed: int = 0, image_size: int | None = None, size: str = "tiny"):
     """(model, tokenizer) for `task` in caption / retrieval / vqa; the same seed gives the same weights."""
     tokenizer = build_tokenizer()
-    config = tiny_config(len(tokenizer), image_size)
+    config = tiny_config(len(tokenizer), image_size, size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TASK_CLASSES[task](config)
         # BLIP's vision init is near zero (initializer_range 1e-10); widen it so images differ in the output.
+        std = 0.2 if size == "tiny" else 0.02
         for name, param in model.named_parameters():
             if "vision_model" in name and param.dim() > 1:
-                torch.nn.init.normal_(param, std=0.2)
+                torch.nn.init.normal_(param, std=std)
     return model.eval(), tokenizer

@@ -70,7 +70,7 @@ class RunDir:
         self.write_json(self.marker_path(shard_id), stats)
 
     def clear(self) -> None:
-        """Remove the run's shards and run file (for --overwrite)."""
+        """Remove the run's committed shards (for --overwrite; run.json is rewritten right after)."""
         for path in (self.path(SHARD_DIR),):
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
