@@ -9,6 +9,7 @@ jobs/capfilt.py ...`). Re-running the same command resumes; `--demo` builds a sm
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         args.output = str(workdir / "run")
         args.overwrite = True
         print(f"demo: {len(shards)} shards of scikit-image photographs in {workdir / 'shards'}")
+    submitted = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))  # set by `ray job submit` for the entrypoint
+    if submitted and "://" not in args.output and not os.path.isabs(args.output):
+        print("error: under `ray job submit` the working directory is a temporary copy that Ray deletes; "
+              "give --output as an absolute path or a URL", file=sys.stderr)
+        return 2
     from pipelines.ray_runner import run_capfilt  # ray is imported only when a job really runs
 
     try:

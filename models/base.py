@@ -27,6 +27,10 @@ class Role:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = checkpoint.model.to(self.device).eval()
+        if self.precision == "bf16":
+            # Weights cast once: autocast would re-cast every weight at every decoding step (1.4x slower
+            # generation measured on this CPU). Inputs are cast by the autocast context around each forward.
+            self.model = self.model.to(torch.bfloat16)
         self.tokenizer = checkpoint.tokenizer
         self.image_size = checkpoint.image_size
         self._mean = torch.tensor(checkpoint.image_mean, device=self.device).view(1, 3, 1, 1) * 255.0

@@ -64,13 +64,14 @@ def test_list_models_filters_by_task():
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_zoo_entry_resolves(name):
-    """Every zoo entry resolves to a tiny seed, a hub repo id (org/name) or an unavailable note, with its task."""
+    """Every zoo entry resolves to a random-weight seed (tiny or base size), a hub repo id (org/name) or an
+    unavailable note, with its task."""
     spec = resolve(name)
     assert spec.name == name and spec.task and spec.family in ("blip", "blip2")
-    assert spec.kind in ("tiny", "hub", "unavailable")
+    assert spec.kind in ("tiny", "random", "hub", "unavailable")
     if spec.kind == "hub":
         assert spec.location.count("/") == 1
-    if spec.kind == "tiny":
+    if spec.kind in ("tiny", "random"):
         assert spec.location.isdigit()
 
 
