@@ -61,6 +61,8 @@ class Role:
 
     def pixel_values(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S) on the model's device."""
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # arrays from Ray's object store are read-only; torch wants writable memory
         batch = torch.as_tensor(images)
         expected = (self.image_size, self.image_size, 3)
         if batch.dtype != torch.uint8 or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:

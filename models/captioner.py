@@ -1,12 +1,14 @@
 """The BLIP captioner: beam-search captions for evaluation, seeded nucleus samples for CapFilt."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from transformers import LogitsProcessorList
 
 from models.base import Role
+from models.patches import shared_image_rows
 from models.sampling import SeededNucleus, derive_seed, row_uniforms
 
 PROMPT = "a picture of "  # BLIP's captioning prompt; stripped from every returned caption
@@ -23,14 +25,19 @@ class Captioner(Role):
         return ids.to(self.device).expand(rows, -1).contiguous()
 
     @torch.inference_mode()
-    def _generate(self, image_embeds: torch.Tensor, prompt: str, **kwargs) -> list[str]:
-        input_ids = self._prompt_ids(prompt, image_embeds.shape[0])
-        with self.autocast():
+    def _generate(self, image_embeds: torch.Tensor, prompt: str, rows: torch.Tensor | None = None, **kwargs) -> list[str]:
+        """Decode one caption per row; row r reads image_embeds[rows[r]] (default: one row per image).
+
+        No encoder mask is passed: every image token is valid, and an all-ones mask changes nothing.
+        """
+        input_ids = self._prompt_ids(prompt, image_embeds.shape[0] if rows is None else rows.shape[0])
+        # Without rows (beam search) transformers expands the states per beam itself.
+        sharing = contextlib.nullcontext() if rows is None else shared_image_rows(rows)
+        with self.autocast(), sharing:
             out = self.model.text_decoder.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 encoder_hidden_states=image_embeds,
-                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
                 eos_token_id=self.sep_id,
                 pad_token_id=self.pad_id,
                 **kwargs,
@@ -56,11 +63,12 @@ class Captioner(Role):
             raise ValueError(f"{len(images)} images but {len(sample_ids)} sample ids")
         if num_captions < 1:
             raise ValueError("num_captions must be at least 1")
-        image_embeds = self.encode_images(images).repeat_interleave(num_captions, dim=0)
+        image_embeds = self.encode_images(images)  # once per image: the N rows share its states and keys/values
+        rows = torch.arange(len(sample_ids), device=self.device).repeat_interleave(num_captions)
         prompt_length = self._prompt_ids(prompt, 1).shape[1]
         seeds = [derive_seed(seed, sid, j) for sid in sample_ids for j in range(num_captions)]
         nucleus = SeededNucleus(row_uniforms(seeds, max_length), prompt_length, top_p=top_p, top_k=top_k)
-        texts = self._generate(image_embeds, prompt, do_sample=False, num_beams=1, max_length=max_length,
+        texts = self._generate(image_embeds, prompt, rows=rows, do_sample=False, num_beams=1, max_length=max_length,
                                min_length=min_length, repetition_penalty=repetition_penalty,
                                logits_processor=LogitsProcessorList([nucleus]))
         return [texts[i * num_captions:(i + 1) * num_captions] for i in range(len(sample_ids))]

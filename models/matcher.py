@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import Role
+from models.patches import shared_image_rows
 
 TEXT_MAX_LENGTH = 35  # BLIP's retrieval / filter text length
 
@@ -45,15 +46,16 @@ class Matcher(Role):
         return F.normalize(embedding.float(), dim=-1)
 
     @torch.inference_mode()
-    def itm(self, image_states: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """p(match) for text t against image_states[t]: the image-grounded encoder with [ENC] first."""
+    def itm(self, image_states: torch.Tensor, texts: Sequence[str], image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """p(match) for text t against image_states[image_index[t]] (default: image_states[t]): the image-grounded
+        encoder with [ENC] first. Texts of one image share its cross-attention keys/values."""
         ids, mask = self.tokenize(texts, TEXT_MAX_LENGTH, first_token=self.enc_id)
-        with self.autocast():
+        rows = torch.arange(len(texts), device=self.device) if image_index is None else image_index
+        with self.autocast(), shared_image_rows(rows):
             states = self.model.text_encoder(
                 input_ids=ids,
                 attention_mask=mask,
-                encoder_hidden_states=image_states,
-                encoder_attention_mask=torch.ones(image_states.shape[:-1], dtype=torch.long, device=self.device),
+                encoder_hidden_states=image_states,  # no encoder mask: every image token is valid
                 return_dict=True,
             ).last_hidden_state
             logits = self.model.itm_head(states[:, 0, :])
@@ -73,7 +75,7 @@ class Matcher(Role):
         index = torch.as_tensor(image_index, device=self.device)
         text_embeddings = self.text_embeddings(flat)
         itc = (text_embeddings * image_embeddings[index]).sum(-1)
-        itm = self.itm(states[index], flat)
+        itm = self.itm(states, flat, image_index=index)
         return MatchScores(
             itm=itm.cpu().numpy().astype(np.float32),
             itc=itc.cpu().numpy().astype(np.float32),

@@ -1,32 +1,75 @@
-"""Fixes applied to transformers' BLIP modules at load time, each for a measured defect in the pinned release."""
+"""Changes applied to transformers' BLIP text modules at load time: one fix and one saving, both measured.
+
+1. The cross-attention mask (a defect of transformers 5.x): the encoder mask reaches BLIP's cross-attention as
+   `attention_mask`, and the self-attention then reads `encoder_attention_mask` (None), so padded question tokens
+   were attended to and a VQA answer changed with the other questions in its batch.
+2. Shared image keys/values: when several text rows attend to the same image (N sampled captions, or the web and
+   synthetic captions the filter scores), the cross-attention key/value projections of the image states are
+   computed once per image, not once per row. For BLIP-base that is 16 GFLOP per row saved, most of the cost of
+   an extra caption. Callers opt in with `shared_image_rows(index)` and pass one state tensor per image.
+"""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.blip.modeling_blip_text import BlipTextLayer
 
+# Row -> image index of the current forward, when the text rows share image states.
+_ROWS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("capfilt_shared_image_rows", default=None)
 
-def fix_cross_attention_mask(model: torch.nn.Module) -> torch.nn.Module:
-    """transformers 5.x passes the encoder mask to BLIP's cross-attention as `attention_mask`, and the
-    self-attention then reads `encoder_attention_mask` (None): padded question tokens get attended to, so a VQA
-    answer changes with the other questions in its batch. Route the mask where it is read. A no-op once fixed
-    upstream (the wrapper only fills a missing encoder mask)."""
+
+@contextlib.contextmanager
+def shared_image_rows(index: torch.Tensor):
+    """Within this block, text row r cross-attends to image states index[r] (states passed once per image)."""
+    token = _ROWS.set(index)
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def patch_blip_text(model: torch.nn.Module) -> torch.nn.Module:
+    """Apply both changes to every cross-attention of `model` (idempotent)."""
     for layer in model.modules():
         if isinstance(layer, BlipTextLayer) and hasattr(layer, "crossattention"):
             attention = layer.crossattention.self
-            if not getattr(attention, "_capfilt_mask_fix", False):
-                attention.forward = _with_encoder_mask(attention.forward)
-                attention._capfilt_mask_fix = True
+            if getattr(attention, "_capfilt_patched", False):
+                continue
+            attention.forward = _patched_forward(attention)
+            attention._capfilt_patched = True
     return model
 
 
-def _with_encoder_mask(forward):
+def _patched_forward(attention):
+    """The cross-attention forward, with the mask routed and, for shared image rows, the image keys/values
+    projected once per image and handed to transformers' own code through its cross-attention cache (the path it
+    takes from the second decoding step on). The instance's forward is replaced, so parameter names and
+    checkpoints stay those of transformers."""
+    forward = attention.forward
+
     @functools.wraps(forward)
-    def wrapper(hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
+    def wrapper(hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                past_key_values=None, **kwargs):
         if encoder_hidden_states is not None and encoder_attention_mask is None:
-            encoder_attention_mask = attention_mask
+            encoder_attention_mask = attention_mask  # the fix: a no-op once transformers passes the mask itself
+        rows = _ROWS.get()
+        if rows is not None and encoder_hidden_states is not None and encoder_hidden_states.shape[0] != rows.shape[0]:
+            cache = past_key_values
+            if not isinstance(cache, EncoderDecoderCache):
+                cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            if not cache.is_updated.get(attention.layer_idx):
+                shape = (*encoder_hidden_states.shape[:-1], -1, attention.attention_head_size)
+                index = rows.to(encoder_hidden_states.device)
+                key = attention.key(encoder_hidden_states).view(shape).transpose(1, 2).index_select(0, index)
+                value = attention.value(encoder_hidden_states).view(shape).transpose(1, 2).index_select(0, index)
+                cache.cross_attention_cache.update(key, value, attention.layer_idx)
+                cache.is_updated[attention.layer_idx] = True
+            past_key_values = cache
         return forward(hidden_states, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
-                       encoder_attention_mask=encoder_attention_mask, **kwargs)
+                       encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, **kwargs)
 
     return wrapper

@@ -21,7 +21,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 # img2dataset checks for albumentations updates over the network at import unless told not to.
 export NO_ALBUMENTATIONS_UPDATE=1
-pip install -e ".[test]"
+pip install -e ".[test,bench]"
 "$VENV/bin/python" -c "import torch, transformers, ray, pyarrow, duckdb, webdataset, img2dataset" \
   || { echo "capfilt setup: install incomplete" >&2; exit 1; }
 echo "$want" > "$STAMP"

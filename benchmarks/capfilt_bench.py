@@ -1,0 +1,221 @@
+"""CapFilt throughput benchmark: the job's full path against a naive per-image baseline and the machine's roofline.
+
+    .venv/bin/python benchmarks/capfilt_bench.py --size base            # BLIP-base, random weights (minutes)
+    .venv/bin/python benchmarks/capfilt_bench.py --size tiny --quick    # smoke run (seconds; a test runs it)
+
+Every figure is measured in this run, on this machine; generation is forced to 20 new tokens per caption so a run
+costs what a real caption costs. Prints a Markdown table (and writes it with --markdown FILE).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from models.images import decode_image, resize  # noqa: E402
+from pipelines.assemble import shard_table  # noqa: E402
+from pipelines.batches import shard_batches  # noqa: E402
+from pipelines.config import CapFiltConfig  # noqa: E402
+from pipelines.demo_data import PHOTOS, jpeg_bytes, photo, sample_members, write_tar  # noqa: E402
+from pipelines.stage import CapFiltStage, Sampling  # noqa: E402
+from pipelines.writer import RunDir  # noqa: E402
+
+NEW_TOKENS = 20
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n x n x n matmul on all threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def make_shards(directory: Path, shards: int, per_shard: int) -> list[Path]:
+    images = [jpeg_bytes(photo(name)) for name, _, _ in PHOTOS]
+    paths = []
+    for s in range(shards):
+        members = {}
+        for i in range(per_shard):
+            name, caption, _ = PHOTOS[(s * per_shard + i) % len(PHOTOS)]
+            members.update(sample_members(f"{s:05d}{i:05d}", images[(s * per_shard + i) % len(images)], caption,
+                                          f"https://example.com/{name}.jpg"))
+        paths.append(write_tar(directory / f"{s:05d}.tar", members))
+    return paths
+
+
+def sampling(stage_or_prompt_len: int, num_captions: int) -> Sampling:
+    length = stage_or_prompt_len + NEW_TOKENS  # min = max: every caption costs exactly NEW_TOKENS tokens
+    return Sampling(num_captions=num_captions, max_length=length, min_length=length)
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and all its descendants (Ray workers included), sampled every 0.2 s."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me] + me.children(recursive=True):
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def flops_per_image(stage: CapFiltStage, batch: dict) -> float:
+    with FlopCounterMode(display=False) as counter:
+        stage(batch)
+    return counter.get_total_flops() / len(batch["ok"])
+
+
+def naive_seconds_per_image(captioner: str, filter_name: str, images: list[np.ndarray], captions: list[str],
+                            prompt_len: int) -> float:
+    """The peers' way: fp32, batch 1, transformers' generate, then one full ITM forward per caption."""
+    from models import Captioner, Matcher
+
+    cap = Captioner.load(captioner, precision="fp32")
+    itm = Matcher.load(filter_name, precision="fp32")
+    prompt = cap.tokenizer("a picture of ", return_tensors="pt")["input_ids"]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for array, web in zip(images, captions):
+            pixels = cap.pixel_values(array[None])
+            out = cap.model.generate(pixel_values=pixels, input_ids=prompt.clone(), do_sample=True, top_p=0.9,
+                                     repetition_penalty=1.1, max_length=prompt_len + NEW_TOKENS,
+                                     min_length=prompt_len + NEW_TOKENS)
+            synthetic = cap.tokenizer.decode(out[0], skip_special_tokens=True)
+            for text in (web, synthetic):
+                ids = itm.tokenizer(text, return_tensors="pt")
+                itm.model(pixel_values=itm.pixel_values(array[None]), input_ids=ids["input_ids"],
+                          attention_mask=ids["attention_mask"], use_itm_head=True)
+    return (time.perf_counter() - start) / len(images)
+
+
+def inprocess_seconds(stage: CapFiltStage, shards: list[Path], out: str, batch_size: int) -> float:
+    """The job's work (read, decode, caption, filter, commit) in one process, no Ray: the overhead reference."""
+    run = RunDir(out)
+    start = time.perf_counter()
+    for path in shards:
+        rows = []
+        for batch in shard_batches(path.stem, str(path), stage.image_sizes, batch_size):
+            rows += [row for _, row in sorted(stage(batch), key=lambda item: item[0])]
+        run.commit_shard(path.stem, shard_table(rows, stage.embedding_dim), {"samples": len(rows)})
+    return time.perf_counter() - start
+
+
+def job_run(shards: list[Path], out: str, captioner: str, filter_name: str, sample: Sampling, batch_size: int,
+            threads: int | None) -> dict:
+    from pipelines.ray_runner import run_capfilt
+
+    config = CapFiltConfig(input=" ".join(map(str, shards)), output=out, captioner=captioner, filter=filter_name,
+                           sampling=sample, batch_size=batch_size, model_threads=threads, overwrite=True)
+    with PeakMemory() as memory:
+        summary = run_capfilt(config, log=lambda line: None)
+    return {"seconds": summary["seconds"], "samples": summary["samples"], "peak_gb": memory.peak / 2**30}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["base", "tiny"], default="base")
+    p.add_argument("--per-shard", type=int, default=8, help="samples per shard")
+    p.add_argument("--shard-counts", default="1,4,16")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="torch threads of the model actor (default: the job's default)")
+    p.add_argument("--naive-images", type=int, default=4)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one shard count")
+    p.add_argument("--markdown", help="also write the table to this file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shard_counts, args.per_shard, args.naive_images = "1,2", 4, 2
+    captioner, filter_name = f"{args.size}-random_caption", f"{args.size}-random_retrieval"
+    counts = [int(c) for c in args.shard_counts.split(",")]
+    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, size {args.size}",
+             f"command: python benchmarks/capfilt_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}"]
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    stage = CapFiltStage(captioner, filter_name, precision="auto")
+    prompt_len = stage.captioner._prompt_ids("a picture of ", 1).shape[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = make_shards(tmp / "shards", max(counts), args.per_shard)
+        first = next(shard_batches("f", str(shards[0]), stage.image_sizes, args.batch_size))
+        results = {}
+        for n in (1, 5):
+            stage.sampling = sampling(prompt_len, n)
+            flops = flops_per_image(stage, first)
+            stage(first)  # warm
+            start = time.perf_counter()
+            stage(first)
+            results[n] = {"flops": flops, "stage_s": (time.perf_counter() - start) / len(first["ok"])}
+        images = [resize(decode_image(jpeg_bytes(photo(name))), stage.captioner.image_size)
+                  for name, _, _ in PHOTOS][: args.naive_images]
+        naive = naive_seconds_per_image(captioner, filter_name, images, [c for _, c, _ in PHOTOS], prompt_len)
+        stage.sampling = sampling(prompt_len, 1)
+        inproc = inprocess_seconds(stage, shards[: counts[-1]], str(tmp / "inproc"), args.batch_size)
+        del stage
+        job_run(shards[:1], str(tmp / "warm"), captioner, filter_name, sampling(prompt_len, 1), args.batch_size,
+                args.threads)  # starts Ray and its worker processes once, outside every measured run
+        jobs = {c: job_run(shards[:c], str(tmp / f"job{c}"), captioner, filter_name, sampling(prompt_len, 1),
+                           args.batch_size, args.threads) for c in counts}
+        job5 = job_run(shards[:1], str(tmp / "job5"), captioner, filter_name, sampling(prompt_len, 5),
+                       args.batch_size, args.threads)
+    biggest = jobs[counts[-1]]
+    job_ips = biggest["samples"] / biggest["seconds"]
+    roofline_ips = peak16 * 1e9 / results[1]["flops"]
+    rows = [
+        ("matmul peak fp32 / bf16", f"{peak32:.0f} / {peak16:.0f} GFLOP/s"),
+        ("FLOPs per image, N=1 / N=5", f"{results[1]['flops'] / 1e9:.1f} / {results[5]['flops'] / 1e9:.1f} GFLOP"),
+        ("stage only (one process), N=1", f"{1 / results[1]['stage_s']:.3f} images/s"),
+        ("stage only, N=5 (cost vs N=1)", f"{1 / results[5]['stage_s']:.3f} images/s "
+                                          f"({results[5]['stage_s'] / results[1]['stage_s']:.2f}x)"),
+        ("naive baseline (fp32, batch 1, generate + ITM per caption)", f"{1 / naive:.3f} images/s"),
+        (f"job on Ray, N=1, {counts[-1]} shards", f"{job_ips:.3f} images/s "
+                                                  f"({job_ips * naive:.1f}x naive)"),
+        ("bf16 roofline at the measured peak, N=1", f"{roofline_ips:.3f} images/s "
+                                                     f"(job reaches {job_ips / roofline_ips:.0%})"),
+        (f"same work in one process, {counts[-1]} shards", f"{biggest['samples'] / inproc:.3f} images/s "
+                                                           f"(Ray overhead {biggest['seconds'] / inproc - 1:+.1%})"),
+        ("job, N=5, 1 shard", f"{job5['samples'] / job5['seconds']:.3f} images/s"),
+    ]
+    rows += [(f"job, {c} shard(s) x {args.per_shard}", f"{j['samples'] / j['seconds']:.3f} images/s, "
+                                                       f"{j['seconds']:.1f} s, peak RSS {j['peak_gb']:.2f} GiB")
+             for c, j in jobs.items()]
+    table = "\n".join(lines + ["", "| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The benchmark harness runs end to end at tiny size and prints every figure it promises."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_smoke_run(tmp_path):
+    """`capfilt_bench.py --size tiny --quick` exits 0 and reports roofline, naive baseline, overhead and memory."""
+    table = tmp_path / "bench.md"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "benchmarks/capfilt_bench.py", "--size", "tiny", "--quick",
+                           "--markdown", str(table)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = table.read_text()
+    for measure in ("matmul peak fp32 / bf16", "FLOPs per image", "naive baseline", "job on Ray",
+                    "bf16 roofline", "same work in one process", "job, N=5", "peak RSS"):
+        assert measure in text
+    assert text.count("images/s") >= 8
