@@ -29,6 +29,7 @@ REPO_ROOT = str(Path(__file__).resolve().parents[1])
 BATCHES_PER_ACTOR = 2  # in flight per actor: one running, one ready, so an actor never waits on the driver
 WAITING_BATCHES = 4  # decoded batches allowed to wait for an actor, per actor
 MAX_TRIES = 2  # a batch (then each of its samples) is tried this often before it becomes error rows
+PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still open
 
 
 def connect(num_cpus: int | None = None) -> None:
@@ -164,7 +165,7 @@ class _Scheduler:
         self.active: dict[str, ShardState] = {}
         self.total, self.committed = total, already
         self.samples = self.errors = self.ok = 0
-        self.started = time.time()
+        self.started = self.last_progress = time.time()
 
     def run(self, todo: deque[Shard], max_active: int) -> dict:
         while todo or self.active:
@@ -179,11 +180,21 @@ class _Scheduler:
                     self._finish_work(item)
                 else:
                     self._read_next(item)
+            if time.time() - self.last_progress > PROGRESS_EVERY:
+                self._progress()
         elapsed = time.time() - self.started
         return {"shards": self.total, "committed": self.committed, "samples": self.samples, "ok": self.ok,
                 "errors": self.errors, "seconds": round(elapsed, 2),
                 "samples_per_second": round(self.samples / elapsed, 2) if elapsed else None,
                 "output": self.config.output}
+
+    def _progress(self) -> None:
+        """A line while long shards are open: what is scored so far, committed or not."""
+        self.last_progress = time.time()
+        pending = sum(len(s.rows) for s in self.active.values())
+        elapsed = self.last_progress - self.started
+        self.log(f"[{self.committed}/{self.total} shards] {len(self.active)} open, {self.samples + pending} samples "
+                 f"scored, {(self.samples + pending) / elapsed:.1f}/s, {self.errors} errors in committed shards")
 
     def _start(self, shard: Shard) -> None:
         generator = self.decode.remote(shard.id, shard.url, self.info["image_sizes"], self.config.batch_size,
@@ -267,7 +278,8 @@ class _Scheduler:
         self.samples += stats["samples"]
         self.ok += stats["ok"]
         self.errors += sum(stats["errors"].values())
-        elapsed = time.time() - self.started
+        self.last_progress = time.time()
+        elapsed = self.last_progress - self.started
         self.log(f"[{self.committed}/{self.total} shards] {state.shard.id}: {stats['samples']} samples, "
                  f"{stats['ok']} ok | run: {self.samples} samples, {self.samples / elapsed:.1f}/s, {self.errors} errors")
 

@@ -174,3 +174,14 @@ def test_readme_cookbook_queries_run(cluster, corpus, tmp_path):
         duckdb.sql(body).fetchall()  # raises on any error
     rows = duckdb.sql("\n".join(l for l in queries[3].splitlines() if not l.startswith("--"))).fetchall()
     assert len(rows) == 5 and abs(rows[0][3] - 1.0) < 1e-5  # the query image is its own nearest neighbour
+
+
+def test_progress_lines_while_shards_are_open(cluster, corpus, tmp_path, monkeypatch):
+    """Long shards report progress between commits: open shards, samples scored, rate."""
+    import pipelines.ray_runner as runner
+
+    monkeypatch.setattr(runner, "PROGRESS_EVERY", 0.0)
+    _, paths = corpus
+    _, logs = run(paths[:1], tmp_path / "out", batch_size=2)
+    assert any(" open, " in line and "samples scored" in line for line in logs)
+    assert any(line.startswith("[1/1 shards] 00000: 6 samples") for line in logs)
