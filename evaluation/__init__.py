@@ -1,1 +1,1 @@
-"""Evaluation: benchmark annotation readers in their official formats and the metrics the papers report."""
+"""Evaluation: benchmark readers in their official formats, metrics, suites, task runners and the history."""

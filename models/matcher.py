@@ -46,9 +46,11 @@ class Matcher(Role):
         return F.normalize(embedding.float(), dim=-1)
 
     @torch.inference_mode()
-    def itm(self, image_states: torch.Tensor, texts: Sequence[str], image_index: torch.Tensor | None = None) -> torch.Tensor:
+    def itm(self, image_states: torch.Tensor, texts: Sequence[str], image_index: torch.Tensor | None = None,
+            logit: bool = False) -> torch.Tensor:
         """p(match) for text t against image_states[image_index[t]] (default: image_states[t]): the image-grounded
-        encoder with [ENC] first. Texts of one image share its cross-attention keys/values."""
+        encoder with [ENC] first. Texts of one image share its cross-attention keys/values. With `logit`, the
+        head's raw "match" logit instead (BLIP's retrieval rerank adds it to the ITC similarity)."""
         ids, mask = self.tokenize(texts, TEXT_MAX_LENGTH, first_token=self.enc_id)
         rows = torch.arange(len(texts), device=self.device) if image_index is None else image_index
         with self.autocast(), shared_image_rows(rows):
@@ -58,8 +60,8 @@ class Matcher(Role):
                 encoder_hidden_states=image_states,  # no encoder mask: every image token is valid
                 return_dict=True,
             ).last_hidden_state
-            logits = self.model.itm_head(states[:, 0, :])
-        return torch.softmax(logits.float(), dim=-1)[:, 1]
+            logits = self.model.itm_head(states[:, 0, :]).float()
+        return logits[:, 1] if logit else torch.softmax(logits, dim=-1)[:, 1]
 
     def score(self, images, texts: Sequence[Sequence[str]]) -> MatchScores:
         """Score texts[i] (any number, possibly none) against images[i]; the vision encoder runs once per image."""

@@ -93,6 +93,7 @@ def caption_scores(
     predictions: Mapping[Hashable, str],
     references: Mapping[Hashable, Sequence[str]],
     spice: bool | str = "auto",
+    meteor: bool = True,
 ) -> dict:
     """Corpus-level caption metrics of one caption per id against its references.
 
@@ -105,6 +106,7 @@ def caption_scores(
     spice: True requires SPICE (MetricUnavailableError if it cannot run), False skips it without listing
     it as unavailable, "auto" runs it when its CoreNLP jars are present and lists it as unavailable
     otherwise. Java is required (the PTB tokenizer and METEOR run on it).
+    meteor: False skips METEOR (its JVM takes 8-15 s to start) without listing it as unavailable.
     """
     if spice not in (True, False, "auto"):
         raise ValueError(f"spice must be True, False or 'auto', got {spice!r}")
@@ -120,11 +122,12 @@ def caption_scores(
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     result: dict = {f"BLEU-{n}": float(score) for n, score in enumerate(bleu, start=1)}
     unavailable: dict[str, str] = {}
-    try:
-        result["METEOR"] = _meteor(gts, res)
-    except (OSError, ValueError) as error:
-        # METEOR is a Java subprocess; a missing or crashed JVM surfaces as one of these.
-        unavailable["METEOR"] = f"METEOR failed to run: {type(error).__name__}: {error}"
+    if meteor:
+        try:
+            result["METEOR"] = _meteor(gts, res)
+        except (OSError, ValueError) as error:
+            # METEOR is a Java subprocess; a missing or crashed JVM surfaces as one of these.
+            unavailable["METEOR"] = f"METEOR failed to run: {type(error).__name__}: {error}"
     result["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     result["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     if spice_ok:

@@ -1,0 +1,93 @@
+"""Running a suite: plan the tasks, read their data, start the model actors, run each task, record the history.
+
+Everything a model cannot run is decided before any model loads: a task whose model does not exist yet (NLVR2 and
+grounding, BLIP-2 names) is skipped with the reason, and every runnable task's annotation files and images are
+read and checked first, so a missing file fails the run in seconds, not after an hour of captioning.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluation.loaders import load_dataset
+from evaluation.results import RunInfo, append_history, new_run, task_rows, write_predictions
+from evaluation.serving import MODEL_TASK
+from evaluation.suite import Suite, Task
+from evaluation.tasks import RUNNERS
+from models.loading import ModelLoadError, resolve
+
+
+@dataclass
+class Options:
+    evaldir: Path
+    limit: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    model_threads: int | None = None
+
+
+@dataclass
+class RunResult:
+    run: RunInfo
+    rows: list[dict]
+    titles: dict[str, str]
+
+
+def skip_reason(task: Task) -> str | None:
+    """Why `task` cannot run (its model does not exist in capfilt yet), or None. A model of the wrong kind is an error."""
+    spec = resolve(task.model)
+    needed = MODEL_TASK[task.type]
+    if spec.task is not None and spec.task != needed:
+        raise ModelLoadError(f"task {task.name!r} needs a {needed} model, but its role {task.role!r} is "
+                             f"{task.model!r}, a {spec.task} model")
+    if spec.kind == "unavailable":
+        return f"model unavailable: {spec.location}"
+    if task.type not in RUNNERS:
+        return f"model unavailable: capfilt has no {task.type} model class yet"
+    if spec.family == "blip2":
+        return "model unavailable: capfilt's roles run BLIP models only so far, not BLIP-2"
+    return None
+
+
+def _summary(outcome) -> str:
+    shown = list(outcome.metrics.items())[:4]
+    return ", ".join(f"{name} {value:.2f}" for name, value in shown)
+
+
+def run_suite(suite: Suite, options: Options, log=print) -> RunResult:
+    """Run every task of `suite`, append its rows to the history of `options.evaldir`, and return them."""
+    run = new_run(suite.name, str(suite.path), options.limit)
+    plan = [(task, skip_reason(task)) for task in suite.tasks]
+    data = {task.name: load_dataset(task, options.limit) for task, reason in plan if reason is None}
+    roles = {task.role: (task.model, MODEL_TASK[task.type]) for task, reason in plan if reason is None}
+    log(f"evaluate: suite {suite.name}, run {run.run_id}: {len(plan)} tasks ({len(data)} to run), "
+        f"models {', '.join(f'{r}={m}' for r, (m, _) in roles.items()) or 'none'}")
+    pools = {}
+    rows: list[dict] = []
+    if roles:
+        from evaluation.actors import start_pools, stop_pools  # ray is imported only when a model runs
+
+        started = time.time()
+        pools = start_pools(roles, options.device, options.precision, options.model_threads)
+        log(f"evaluate: {len(pools)} model role(s) loaded in {time.time() - started:.1f}s")
+    try:
+        for number, (task, reason) in enumerate(plan, start=1):
+            prefix = f"[{number}/{len(plan)}] {task.name}"
+            if reason is not None:
+                rows += task_rows(run, task, {}, skipped=reason)
+                log(f"{prefix}: skipped ({reason})")
+                continue
+            started = time.time()
+            pool = pools[task.role]
+            outcome = RUNNERS[task.type](task, data[task.name], pool)
+            if outcome.predictions is not None:
+                write_predictions(options.evaldir, run.run_id, task.name, outcome.predictions)
+            rows += task_rows(run, task, pool.info, outcome)
+            log(f"{prefix}: {outcome.samples} samples, {_summary(outcome)} ({time.time() - started:.1f}s)")
+    finally:
+        if pools:
+            stop_pools(pools)
+        if rows:  # a task that fails late does not lose the hours of the tasks before it
+            append_history(options.evaldir, rows)
+    return RunResult(run, rows, {task.name: task.title for task in suite.tasks})

@@ -1,0 +1,101 @@
+"""The model roles of an evaluation: `RoleServer` wraps one Captioner, Matcher or Answerer with batched methods;
+`ModelHost` holds the servers of every role a suite needs.
+
+Plain Python: `evaluation/actors.py` wraps ModelHost with `ray.remote`, as the CapFilt job wraps its stage (one
+actor holding every model, one per GPU), so evaluation runs the same role code as CapFilt. Images arrive as uint8
+batches at the role's input size.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from models.answerer import Answerer
+from models.captioner import Captioner
+from models.device import DeviceError
+from models.loading import ModelLoadError
+from models.matcher import Matcher
+
+ROLE_CLASSES = {"caption": Captioner, "retrieval": Matcher, "vqa": Answerer}
+MODEL_TASK = {"caption": "caption", "retrieval": "retrieval", "vqa": "vqa", "nlvr": "nlvr", "grounding": "grounding"}
+
+
+class RoleServer:
+    """A loaded role. A load failure is kept, not raised, so the driver can report it in one sentence."""
+
+    def __init__(self, name: str, task: str, device: str = "auto", precision: str = "auto",
+                 threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.error = None
+        self.role = None
+        self.image_states: dict[int, torch.Tensor] = {}  # retrieval: vision states by image index, for the ITM rerank
+        self.candidates: list[str] | None = None
+        try:
+            self.role = ROLE_CLASSES[task].load(name, device=device, precision=precision)
+        except (ModelLoadError, DeviceError) as exc:
+            self.error = str(exc)
+
+    def info(self) -> dict:
+        if self.role is None:
+            return {"error": self.error}
+        return {**self.role.checkpoint.describe(), "device": str(self.role.device), "precision": self.role.precision,
+                "image_size": self.role.image_size}
+
+    # captioner
+    def caption(self, images: np.ndarray, settings: dict) -> list[str]:
+        return self.role.caption(images, **settings)
+
+    # answerer
+    def answer(self, images: np.ndarray, questions: Sequence[str], settings: dict) -> list[str]:
+        return self.role.answer(images, questions, **settings)
+
+    def set_candidates(self, candidates: list[str]) -> int:
+        self.candidates = list(candidates)
+        return len(self.candidates)
+
+    def rank(self, images: np.ndarray, questions: Sequence[str], k: int) -> list[str]:
+        return self.role.rank(images, questions, self.candidates, k=k)
+
+    # matcher
+    def index_images(self, indices: Sequence[int], images: np.ndarray) -> np.ndarray:
+        """ITC embeddings of the images; their vision states stay here for `itm_logits`."""
+        # BLIP's evaluation keeps every image's states as well: for BLIP base at 384 px, 0.9 MB an image in bf16.
+        states, embeddings = self.role.image_features(images)
+        for index, state in zip(indices, states):
+            self.image_states[int(index)] = state
+        return embeddings.cpu().numpy()
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        return self.role.text_embeddings(texts).cpu().numpy()
+
+    def itm_logits(self, image_indices: Sequence[int], texts: Sequence[str]) -> np.ndarray:
+        """The ITM head's "match" logit of each (indexed image, text) pair: BLIP reranks with the logit, not p(match)."""
+        unique = sorted({int(i) for i in image_indices})
+        position = {index: p for p, index in enumerate(unique)}
+        states = torch.stack([self.image_states[i] for i in unique])
+        rows = torch.tensor([position[int(i)] for i in image_indices])
+        return self.role.itm(states, texts, image_index=rows, logit=True).cpu().numpy()
+
+    def clear_images(self) -> int:
+        count = len(self.image_states)
+        self.image_states.clear()
+        return count
+
+
+class ModelHost:
+    """Every role of a run in one process: tasks run one after another, so one actor per GPU holds all the models
+    (one CUDA context, one start-up) instead of one idle process per role."""
+
+    def __init__(self, models: dict[str, tuple[str, str]], device: str = "auto", precision: str = "auto",
+                 threads: int | None = None):
+        self.servers = {role: RoleServer(name, task, device, precision, threads)
+                        for role, (name, task) in models.items()}
+
+    def info(self) -> dict[str, dict]:
+        return {role: server.info() for role, server in self.servers.items()}
+
+    def call(self, role: str, method: str, *args):
+        return getattr(self.servers[role], method)(*args)

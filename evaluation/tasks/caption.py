@@ -1,0 +1,29 @@
+"""Captioning (COCO, NoCaps, Flickr30k): beam-search captions on the captioner actors, COCO caption metrics."""
+from __future__ import annotations
+
+from evaluation.datasets import DatasetFormatError
+from evaluation.metrics import caption_scores
+from evaluation.tasks.common import Outcome, chunks, image_batches
+
+GENERATION = ("prompt", "num_beams", "max_length", "min_length", "repetition_penalty")
+
+
+def run_caption(task, data, pool) -> Outcome:
+    protocol = task.protocol
+    records = data.records
+    for record in records:
+        if not record.references:
+            raise DatasetFormatError(task.dataset.files["annotations"], f"image {record.image_id} has no reference caption")
+    settings = {key: protocol[key] for key in GENERATION}
+    batches = image_batches(chunks([r.image for r in records], protocol["batch_size"]), pool.image_size)
+    captions = [c for out in pool.map("caption", ((None, (images, settings)) for images in batches)) for c in out]
+    wanted = protocol["metrics"]
+    # Keyed by position: CIDEr's document frequencies come from these references, one entry per image.
+    scores = caption_scores(dict(enumerate(captions)), {i: list(r.references) for i, r in enumerate(records)},
+                            spice="auto" if "SPICE" in wanted else False, meteor="METEOR" in wanted)
+    return Outcome(
+        metrics={name: 100.0 * scores[name] for name in wanted if name in scores},
+        samples=len(records),
+        unavailable={name: why for name, why in scores["unavailable_reasons"].items() if name in wanted},
+        predictions=[{"image_id": r.image_id, "caption": c} for r, c in zip(records, captions)],
+    )

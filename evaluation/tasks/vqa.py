@@ -1,0 +1,38 @@
+"""VQA (VQAv2, OK-VQA, OCR-VQA): generated or ranked answers on the answerer actors, the official VQA accuracy."""
+from __future__ import annotations
+
+from evaluation.datasets import DatasetFormatError
+from evaluation.metrics import vqa_accuracy
+from evaluation.tasks.common import Outcome, chunks, image_batches
+
+GENERATION = ("num_beams", "max_length", "min_length")
+
+
+def run_vqa(task, data, pool) -> Outcome:
+    protocol = task.protocol
+    records = data.records
+    unlabelled = [r.question_id for r in records if not r.answers]
+    if unlabelled:
+        main = task.dataset.files["annotations"]
+        raise DatasetFormatError(main, f"{len(unlabelled)} questions have no answers (e.g. {unlabelled[:3]}): "
+                                       "accuracy needs the annotations of a labelled split")
+    batch = protocol["batch_size"]
+    images = image_batches(chunks([r.image for r in records], batch), pool.image_size)
+    questions = chunks([r.question for r in records], batch)
+    if protocol["mode"] == "rank":
+        pool.broadcast("set_candidates", data.candidates)
+        calls = ((None, (imgs, qs, protocol["k"])) for imgs, qs in zip(images, questions))
+        method = "rank"
+    else:
+        settings = {key: protocol[key] for key in GENERATION}
+        calls = ((None, (imgs, qs, settings)) for imgs, qs in zip(images, questions))
+        method = "answer"
+    answers = [a for out in pool.map(method, calls) for a in out]
+    types = {i: r.answer_type for i, r in enumerate(records)} if all(r.answer_type for r in records) else None
+    result = vqa_accuracy(dict(enumerate(answers)), {i: r.answers for i, r in enumerate(records)}, types,
+                          normalize=protocol["normalize"])
+    metrics = {"accuracy": result["accuracy"]}
+    metrics.update({f"accuracy:{kind}": value for kind, value in sorted(result.get("per_answer_type", {}).items())})
+    note = f"ranked over {len(data.candidates)} candidate answers" if data.candidates else ""
+    return Outcome(metrics, len(records), predictions=[{"question_id": r.question_id, "answer": a}
+                                                       for r, a in zip(records, answers)], note=note)

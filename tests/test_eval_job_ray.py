@@ -1,0 +1,110 @@
+"""The evaluation job end to end on an embedded Ray: the fixture suite on the tiny models through the actors,
+the history it writes, --compare against it (no regression; then a hand-made better history: exit 3), --limit."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from evaluation.results import append_history, read_history
+from jobs.evaluate import main
+
+ray = pytest.importorskip("ray")
+
+RAN = {"coco_caption", "nocaps", "flickr30k_caption", "vqav2", "okvqa", "ocrvqa", "coco_retrieval", "flickr30k_retrieval"}
+SKIPPED = {"nlvr2", "refcoco_testA"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from pipelines.ray_runner import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def run(evaldir, *extra) -> int:
+    # one torch thread per actor: the tiny models are latency-bound and 2 cores are shared with the driver
+    return main(["--suite", "fixtures", "--output", str(evaldir), "--model-threads", "1", *extra])
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster, tmp_path_factory):
+    evaldir = tmp_path_factory.mktemp("evals")
+    assert run(evaldir) == 0
+    return evaldir
+
+
+def test_fixture_suite_runs_every_task_through_the_actors(first_run):
+    history = read_history(first_run).to_pylist()
+    assert (first_run / "fixtures/FIXTURES.json").is_file()  # ${FIXTURES} built on demand
+    assert {r["task"] for r in history} == RAN | SKIPPED and len({r["run_id"] for r in history}) == 1
+    ok = [r for r in history if r["status"] == "ok"]
+    assert {r["task"] for r in ok} == RAN
+    assert all(0.0 <= r["value"] <= 100.0 for r in ok)
+    assert all(r["model_fingerprint"].startswith("tiny") and r["capfilt_version"] for r in ok)
+    metrics = {(r["task"], r["metric"]) for r in ok}
+    assert {("coco_caption", "CIDEr"), ("coco_caption", "BLEU-4"), ("vqav2", "accuracy"), ("ocrvqa", "accuracy"),
+            ("coco_retrieval", "i2t_r1"), ("coco_retrieval", "t2i_r5"), ("coco_retrieval", "itc:i2t_r1")} <= metrics
+    assert ("coco_caption", "METEOR") not in metrics  # the fixture suite leaves METEOR's JVM out
+    samples = {r["task"]: r["samples"] for r in ok}
+    assert samples == {"coco_caption": 6, "nocaps": 4, "flickr30k_caption": 5, "vqav2": 10, "okvqa": 6, "ocrvqa": 12,
+                       "coco_retrieval": 6, "flickr30k_retrieval": 5}
+    retrieval = next(r for r in ok if r["task"] == "coco_retrieval")
+    assert json.loads(retrieval["protocol"])["k"] == 4 and retrieval["model"] == "tiny-random_retrieval"
+    skipped = [r for r in history if r["status"] == "skipped"]
+    assert {r["task"] for r in skipped} == SKIPPED
+    assert all(r["value"] is None and r["note"].startswith("model unavailable: ") for r in skipped)
+    for r in (r for r in history if r["status"] == "unavailable"):  # SPICE without its CoreNLP jars: never a 0
+        assert r["metric"] == "SPICE" and r["value"] is None and "CoreNLP" in r["note"]
+    run_id = history[0]["run_id"]
+    predictions = json.loads((first_run / f"predictions/{run_id}/vqav2.json").read_text())
+    assert len(predictions) == 10 and set(predictions[0]) == {"question_id", "answer"}
+    report = (first_run / f"report-{run_id}.md").read_text()
+    assert report == (first_run / "latest.md").read_text()
+    assert "| tiny-random_caption | COCO caption | test | 6 | BLEU-4 " in report
+    assert "| blip-base_3rdparty_nlvr | NLVR2 | dev |  | skipped: model unavailable" in report
+
+
+def test_second_run_compares_with_the_first_and_finds_no_regression(first_run, capsys):
+    capsys.readouterr()
+    assert run(first_run, "--compare") == 0
+    out = capsys.readouterr().out
+    history = read_history(first_run)
+    runs = sorted(set(history.column("run_id").to_pylist()))
+    assert len(runs) == 2
+    assert "no regression" in out and f"compare with run {runs[0]}" in out
+    assert "Changes since the previous run" in (first_run / "latest.md").read_text()
+
+
+def test_a_better_previous_run_makes_compare_exit_3(first_run, capsys):
+    history = read_history(first_run).to_pylist()
+    newest = max(history, key=lambda r: r["time"])["run_id"]
+    rows = [r for r in history if r["run_id"] == newest and r["task"] == "vqav2"]
+    for r in rows:  # a copy of the last vqav2 result, made just now, with an accuracy 5 points higher
+        r.update(run_id="handmade", time=dt.datetime.now(dt.timezone.utc))
+        if r["metric"] == "accuracy":
+            r["value"] += 5.0
+    append_history(first_run, rows)
+    capsys.readouterr()
+    assert run(first_run, "--compare", "--tasks", "vqav2") == 3
+    out = capsys.readouterr().out
+    assert "compare with run handmade" in out and "1 REGRESSION(S)" in out
+    assert "**REGRESSION**" in (first_run / "latest.md").read_text()
+
+
+def test_limit_scores_the_first_records_and_is_not_compared_with_full_runs(first_run, capsys):
+    capsys.readouterr()
+    assert run(first_run, "--limit", "3", "--tasks", "vqav2", "--compare") == 0
+    out = capsys.readouterr().out
+    history = read_history(first_run).to_pylist()
+    newest = max(history, key=lambda r: r["time"])["run_id"]
+    rows = [r for r in history if r["run_id"] == newest]
+    assert {r["task"] for r in rows} == {"vqav2"}
+    assert {r["samples"] for r in rows} == {3} and {r["limit"] for r in rows} == {3}
+    assert "not comparable" in out and "no regression" in out  # 3 questions against 10: a change, not a drop
+    assert "**--limit 3**" in (first_run / "latest.md").read_text()
+    run_id = rows[0]["run_id"]
+    assert len(json.loads((first_run / f"predictions/{run_id}/vqav2.json").read_text())) == 3
