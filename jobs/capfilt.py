@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
     p.add_argument("--max-length", type=int, default=defaults.max_length, help="caption tokens, counting the prompt")
     p.add_argument("--min-length", type=int, default=defaults.min_length)
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call")
+    p.add_argument("--batch-size", type=int, help="images per model call (default 64 on GPUs, 8 on CPUs)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--actors", type=int, help="model actors (default: one per GPU, else one)")

@@ -28,7 +28,7 @@ class CapFiltConfig:
     captioner: str = "tiny-random_caption"
     filter: str = "tiny-random_retrieval"
     sampling: Sampling = field(default_factory=Sampling)
-    batch_size: int = 32
+    batch_size: int | None = None  # images per model call; default 64 on GPUs, 8 on CPUs (measured fastest there)
     device: str = "auto"
     precision: str = "auto"
     actors: int | None = None  # model actors; default one per GPU, or one on a CPU-only cluster
@@ -40,7 +40,7 @@ class CapFiltConfig:
     def validate(self) -> None:
         s = self.sampling
         checks = [
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
             (s.num_captions >= 1, "--num-captions must be at least 1"),
             (0 < s.top_p <= 1, "--top-p must be in (0, 1]"),
             (s.repetition_penalty > 0, "--repetition-penalty must be positive"),

@@ -29,6 +29,7 @@ REPO_ROOT = str(Path(__file__).resolve().parents[1])
 BATCHES_PER_ACTOR = 2  # in flight per actor: one running, one ready, so an actor never waits on the driver
 WAITING_BATCHES = 4  # decoded batches allowed to wait for an actor, per actor
 MAX_TRIES = 2  # a batch (then each of its samples) is tried this often before it becomes error rows
+DEFAULT_GPU_BATCH, DEFAULT_CPU_BATCH = 64, 8
 PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still open
 
 
@@ -113,6 +114,9 @@ def run_capfilt(config: CapFiltConfig, log=print) -> dict:
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
     n_actors = config.actors or max(gpus, 1)
+    if config.batch_size is None:
+        # BLIP-base on a 2-core CPU: 1.05 images/s at batch 8, 0.88 at batch 32 (cache-bound); GPUs want more.
+        config.batch_size = DEFAULT_GPU_BATCH if gpus else DEFAULT_CPU_BATCH
     plan = plan_resources(cpus, gpus, n_actors)
     actor_options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1, num_cpus=plan["actor_cpus"])
     if gpus:
