@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.demo_data import build_demo_shards
+from tests.processes import descendants, kill_started
 
 # ---------------------------------------------------------------------------------------------------- helpers
 REPO = Path(__file__).resolve().parents[1]
@@ -41,41 +42,6 @@ def job_cmd(inputs: Path, out: Path, *extra: str) -> list[str]:
 def run_job(inputs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(job_cmd(inputs, out, *extra), cwd=REPO, env=job_env(), capture_output=True, text=True,
                           timeout=JOB_TIMEOUT)
-
-
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time) of a live process, from /proc; None once it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else (int(fields[1]), fields[19])
-
-
-def descendants(root: int) -> dict[int, str]:
-    """pid -> start time of every process below `root`, so that only what the test started is ever killed."""
-    table = {int(e): s for e in os.listdir("/proc") if e.isdigit() and (s := _stat(int(e))) is not None}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = {}, [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found[child] = table[child][1]
-            todo.append(child)
-    return found
-
-
-def kill_started(processes: dict[int, str]) -> None:
-    """SIGKILL each process of `processes` still running (same pid and start time: never a reused pid)."""
-    for pid, started in processes.items():
-        state = _stat(pid)
-        if state is not None and state[1] == started:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
