@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.select import print_summary
 
         print_summary(args.output)
+        if "tiny-random" in args.captioner + args.filter:
+            print("(the tiny models have random weights: their captions and scores are noise; pass real checkpoints "
+                  "with --captioner / --filter, see `python -m models list`)")
     return 0
 
 

@@ -73,7 +73,7 @@ def print_summary(run: str, threshold: float = 0.5, examples: int = 5) -> None:
     print(f"  errors by type: {s['errors'] or 'none'}")
     print(f"  filter at ITM >= {threshold}: web captions kept {s['web_kept']}/{s['web_captions']}, "
           f"synthetic captions kept {s['synthetic_kept']}")
-    rows = con.execute("""SELECT key, source, round(itm, 3), text FROM captions ORDER BY shard, key, source DESC, rank
+    rows = con.execute("""SELECT key, source, itm, text FROM captions ORDER BY shard, key, source DESC, rank
                           LIMIT ?""", [examples]).fetchall()
     for key, source, itm, text in rows:
-        print(f"  {key} {source:9s} itm={itm}  {text}")
+        print(f"  {key} {source:9s} itm={itm:.3f}  {text}")
