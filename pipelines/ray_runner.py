@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from models.device import DeviceError
+from models.loading import ModelLoadError, resolve
 from pipelines.assemble import shard_stats, shard_table
 from pipelines.batches import problem_batch, shard_batches
 from pipelines.config import CapFiltConfig, check_compatible, run_record
@@ -62,9 +64,19 @@ def batch_outline(batch: dict) -> list[tuple[int, dict]]:
 
 
 class ModelActor(CapFiltStage):
-    """CapFiltStage plus what the driver asks of an actor before work starts."""
+    """CapFiltStage plus what the driver asks of an actor before work starts. A model that cannot be loaded is
+    reported by `info`, not raised: Ray would restart a failing actor forever and print its traceback."""
+
+    def __init__(self, *args, **kwargs):
+        self.load_error = None
+        try:
+            super().__init__(*args, **kwargs)
+        except (ModelLoadError, DeviceError) as exc:
+            self.load_error = str(exc)
 
     def info(self) -> dict:
+        if self.load_error is not None:
+            return {"error": self.load_error}
         return {**self.describe(), "image_sizes": self.image_sizes, "embedding_dim": self.embedding_dim}
 
     def process(self, batch: dict, subset: list[int] | None = None, with_errors: bool | None = None):
@@ -107,6 +119,7 @@ def plan_resources(cpus: float, gpus: int, n_actors: int) -> dict:
 def run_capfilt(config: CapFiltConfig, log=print) -> dict:
     """Run CapFilt over config.input into config.output; returns the summary it prints at the end."""
     config.validate()
+    resolve(config.captioner), resolve(config.filter)  # unknown names fail here, before any actor starts
     check_location(config.output)
     shards = expand_shards(config.input)
     out = RunDir(config.output)
@@ -116,7 +129,7 @@ def run_capfilt(config: CapFiltConfig, log=print) -> dict:
     n_actors = config.actors or max(gpus, 1)
     if config.batch_size is None:
         # BLIP-base on a 2-core CPU: 1.05 images/s at batch 8, 0.88 at batch 32 (cache-bound); GPUs want more.
-        config.batch_size = DEFAULT_GPU_BATCH if gpus else DEFAULT_CPU_BATCH
+        config = replace(config, batch_size=DEFAULT_GPU_BATCH if gpus else DEFAULT_CPU_BATCH)
     plan = plan_resources(cpus, gpus, n_actors)
     actor_options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1, num_cpus=plan["actor_cpus"])
     if gpus:
@@ -138,6 +151,8 @@ def run_capfilt(config: CapFiltConfig, log=print) -> dict:
 
 def _run(config: CapFiltConfig, shards: list[Shard], out: RunDir, actors: list, plan: dict, n_actors: int, log) -> dict:
     info = ray.get(actors[0].info.remote())
+    if "error" in info:
+        raise ModelLoadError(info["error"])
     record = run_record(config, [s.url for s in shards], info)
     existing = out.read_json(out.path(RUN_FILE))
     if existing is not None and not config.overwrite:

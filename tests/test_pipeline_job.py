@@ -185,3 +185,18 @@ def test_progress_lines_while_shards_are_open(cluster, corpus, tmp_path, monkeyp
     _, logs = run(paths[:1], tmp_path / "out", batch_size=2)
     assert any(" open, " in line and "samples scored" in line for line in logs)
     assert any(line.startswith("[1/1 shards] 00000: 6 samples") for line in logs)
+
+
+def test_unloadable_models_are_one_clear_error(cluster, corpus, tmp_path):
+    """A model without weights, an unknown name or a wrong task stops the job with one ModelLoadError (no actor
+    restart loop, nothing written)."""
+    from models.loading import ModelLoadError
+
+    _, paths = corpus
+    with pytest.raises(ModelLoadError, match="download"):
+        run(paths[:1], tmp_path / "a", captioner="blip-base_3rdparty_caption")
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        run(paths[:1], tmp_path / "b", filter="no-such-model")
+    with pytest.raises(ModelLoadError, match="caption model is needed"):
+        run(paths[:1], tmp_path / "c", captioner="tiny-random_retrieval")
+    assert not (tmp_path / "a" / "shards").exists() and not (tmp_path / "c" / "run.json").exists()
