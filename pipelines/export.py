@@ -81,6 +81,3 @@ def _metadata(data: bytes | None) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-
