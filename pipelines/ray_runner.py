@@ -91,6 +91,7 @@ class Work:
     subset: list[int] | None = None  # None: the whole batch; else positions in batch['ok']
     with_errors: bool | None = None
     tries: int = 0
+    isolated: bool = False  # runs alone on its actor, so a crash is its own and not a neighbour's
 
 
 @dataclass
@@ -116,8 +117,11 @@ def plan_resources(cpus: float, gpus: int, n_actors: int) -> dict:
             "decode_workers": max(1, int(free // decode_cpus))}
 
 
-def run_capfilt(config: CapFiltConfig, log=print) -> dict:
-    """Run CapFilt over config.input into config.output; returns the summary it prints at the end."""
+def run_capfilt(config: CapFiltConfig, log=print, actor_class: type = None) -> dict:
+    """Run CapFilt over config.input into config.output; returns the summary it prints at the end.
+
+    `actor_class` (a ModelActor subclass) lets the reliability tests inject crashes; the job never sets it.
+    """
     config.validate()
     resolve(config.captioner), resolve(config.filter)  # unknown names fail here, before any actor starts
     check_location(config.output)
@@ -136,7 +140,7 @@ def run_capfilt(config: CapFiltConfig, log=print) -> dict:
         actor_options.update(num_gpus=1)
     device = "cuda" if gpus and config.device == "auto" else config.device
     threads = config.model_threads or (None if gpus else os.cpu_count())
-    actor_class = ray.remote(ModelActor)
+    actor_class = ray.remote(actor_class or ModelActor)
     actors = [
         actor_class.options(**actor_options).remote(config.captioner, config.filter, config.sampling, device,
                                                     config.precision, threads)
@@ -180,7 +184,7 @@ class _Scheduler:
         self.decode = decode_shard.options(num_cpus=decode_cpus)
         self.load = {i: 0 for i in range(len(actors))}
         self.waiting: deque[Work] = deque()
-        self.inflight: dict[ray.ObjectRef, tuple[Work, int]] = {}
+        self.inflight: dict[ray.ObjectRef, tuple[Work, int, int]] = {}
         self.active: dict[str, ShardState] = {}
         self.total, self.committed = total, already
         self.samples = self.errors = self.ok = 0
@@ -234,18 +238,20 @@ class _Scheduler:
 
     def _dispatch(self) -> None:
         while self.waiting:
+            work = self.waiting[0]
+            cost = BATCHES_PER_ACTOR if work.isolated else 1  # an isolated piece fills its actor
             actor = min(self.load, key=self.load.get)
-            if self.load[actor] >= BATCHES_PER_ACTOR:
+            if self.load[actor] + cost > BATCHES_PER_ACTOR:
                 return
-            work = self.waiting.popleft()
+            self.waiting.popleft()
             work.tries += 1
             ref = self.actors[actor].process.remote(work.batch, work.subset, work.with_errors)
-            self.inflight[ref] = (work, actor)
-            self.load[actor] += 1
+            self.inflight[ref] = (work, actor, cost)
+            self.load[actor] += cost
 
     def _finish_work(self, ref) -> None:
-        work, actor = self.inflight.pop(ref)
-        self.load[actor] -= 1
+        work, actor, cost = self.inflight.pop(ref)
+        self.load[actor] -= cost
         state = self.active[work.shard]
         try:
             rows = ray.get(ref)
@@ -257,7 +263,8 @@ class _Scheduler:
         self._done_work(state)
 
     def _retry(self, work: Work, state: ShardState, exc: Exception) -> None:
-        """Try a failed batch again; then sample by sample; a sample that still fails becomes an error row."""
+        """Try a failed batch again; then sample by sample, each alone on its actor (a dying actor also fails the
+        other call queued on it); a sample that fails twice alone becomes an error row."""
         if work.tries < MAX_TRIES:
             self.waiting.appendleft(work)
             return
@@ -269,7 +276,7 @@ class _Scheduler:
             return
         subset = list(range(len(outline))) if work.subset is None else work.subset
         if work.subset is None or len(subset) > 1:
-            pieces = [Work(work.shard, work.seq, work.batch, [p], with_errors=False) for p in subset]
+            pieces = [Work(work.shard, work.seq, work.batch, [p], with_errors=False, isolated=True) for p in subset]
             if work.subset is None:  # the rows that failed before the models still need writing
                 pieces.append(Work(work.shard, work.seq, work.batch, [], with_errors=True))
             state.outstanding += len(pieces) - 1
