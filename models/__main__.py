@@ -7,7 +7,7 @@ import sys
 
 from models.device import DeviceError
 from models.images import ImageError
-from models.loading import ModelLoadError, _zoo, list_models
+from models.loading import ModelLoadError, list_models, zoo_entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     args = parser.parse_args(argv)
     if args.command == "list":
-        zoo = _zoo()
         for name in list_models(args.task):
-            entry = zoo[name]
+            entry = zoo_entry(name)
             print(f"{name:45s} {entry['task']:10s} {entry['source'] or '(unavailable)'}")
         return 0
     from models.inference import inference_model

@@ -73,6 +73,11 @@ def _zoo() -> dict:
     return {name: entry for name, entry in table.items() if not name.startswith("_")}
 
 
+def zoo_entry(name: str) -> dict:
+    """The zoo.json entry of a zoo name (family, task, source, note)."""
+    return dict(_zoo()[name])
+
+
 def list_models(task: str | None = None) -> list[str]:
     """Names in the zoo, optionally only those of one task."""
     return sorted(name for name, entry in _zoo().items() if task is None or entry["task"] == task)
