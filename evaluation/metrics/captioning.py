@@ -13,6 +13,8 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 import pycocoevalcap.spice.spice as _spice_module
 
+from evaluation.metrics.ids import check_ids
+
 # SPICE's jar lists these two CoreNLP jars on its class path; pycocoevalcap downloads them on first use,
 # which cannot work offline, so they are looked for instead of fetched.
 SPICE_DIR = Path(_spice_module.__file__).resolve().parent
@@ -42,15 +44,7 @@ def spice_status() -> tuple[bool, str]:
 
 
 def _validate(predictions: Mapping, references: Mapping) -> None:
-    if not references:
-        raise ValueError("no references: `references` is empty")
-    missing = [key for key in references if key not in predictions]
-    extra = [key for key in predictions if key not in references]
-    if missing or extra:
-        raise ValueError(
-            f"prediction ids do not match the reference ids: {len(missing)} without a prediction "
-            f"(e.g. {missing[:5]}), {len(extra)} predictions without references (e.g. {extra[:5]})"
-        )
+    check_ids(predictions, references, "references", "references")
     for key, refs in references.items():
         if isinstance(refs, str) or not isinstance(refs, Sequence) or not refs:
             raise ValueError(f"id {key!r}: references must be a non-empty list of strings")

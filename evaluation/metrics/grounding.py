@@ -5,6 +5,8 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
+from evaluation.metrics.ids import check_ids
+
 
 def _as_boxes(boxes, name: str) -> np.ndarray:
     array = np.asarray(boxes, dtype=np.float64)
@@ -42,15 +44,7 @@ def grounding_accuracy(
     threshold: float = 0.5,
 ) -> dict[str, float]:
     """Share (percent) of targets whose predicted box has IoU >= threshold, plus the mean IoU."""
-    if not targets:
-        raise ValueError("no examples: `targets` is empty")
-    missing = [key for key in targets if key not in predictions]
-    extra = [key for key in predictions if key not in targets]
-    if missing or extra:
-        raise ValueError(
-            f"prediction ids do not match the targets: {len(missing)} missing (e.g. {missing[:5]}), "
-            f"{len(extra)} unknown (e.g. {extra[:5]})"
-        )
+    check_ids(predictions, targets, "targets", "targets")
     keys = list(targets)
     iou = box_iou([predictions[key] for key in keys], [targets[key] for key in keys])
     return {

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from evaluation.metrics.ids import check_ids
+
 
 def _sentence_key(identifier: str) -> str:
     # "{split}-{set}-{pair}-{sentence}": a sentence is shared by the pairs of one set, so the
@@ -21,15 +23,7 @@ def nlvr_accuracy(predictions: Mapping[str, bool], labels: Mapping[str, bool]) -
 
     Consistency is the share of sentences whose every image pair is predicted correctly.
     """
-    if not labels:
-        raise ValueError("no examples: `labels` is empty")
-    missing = [key for key in labels if key not in predictions]
-    extra = [key for key in predictions if key not in labels]
-    if missing or extra:
-        raise ValueError(
-            f"prediction ids do not match the examples: {len(missing)} missing (e.g. {missing[:5]}), "
-            f"{len(extra)} unknown (e.g. {extra[:5]})"
-        )
+    check_ids(predictions, labels, "examples", "labels")
     correct = 0
     consistent: dict[str, bool] = {}
     for identifier, label in labels.items():

@@ -5,6 +5,8 @@ import re
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 
+from evaluation.metrics.ids import check_ids
+
 # Number words the official evaluator rewrites as digits ("none" counts as zero there).
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
@@ -116,15 +118,7 @@ def vqa_accuracy(
     Returns {"accuracy", "num_questions", "per_answer_type" (only with answer_types), "per_question"
     (each in [0, 1])}. Unlike the official printout nothing is rounded, so histories compare exactly.
     """
-    if not answers:
-        raise ValueError("no questions: `answers` is empty")
-    missing = [qid for qid in answers if qid not in predictions]
-    extra = [qid for qid in predictions if qid not in answers]
-    if missing or extra:
-        raise ValueError(
-            f"prediction ids do not match the questions: {len(missing)} without a prediction "
-            f"(e.g. {missing[:5]}), {len(extra)} predictions for unknown questions (e.g. {extra[:5]})"
-        )
+    check_ids(predictions, answers, "questions", "answers")
     if answer_types is not None:
         untyped = [qid for qid in answers if qid not in answer_types]
         if untyped:
