@@ -33,6 +33,7 @@ WAITING_BATCHES = 4  # decoded batches allowed to wait for an actor, per actor
 MAX_TRIES = 2  # a batch (then each of its samples) is tried this often before it becomes error rows
 DEFAULT_GPU_BATCH, DEFAULT_CPU_BATCH = 64, 8
 PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still open
+RECOVERY_TIMEOUT = 600.0  # seconds a crashed model actor may take to come back before the job gives up
 
 
 def connect(num_cpus: int | None = None) -> None:
@@ -91,6 +92,7 @@ class Work:
     subset: list[int] | None = None  # None: the whole batch; else positions in batch['ok']
     with_errors: bool | None = None
     tries: int = 0
+    crashes_seen: int = 0  # crashes of its actor known when it was dispatched
     isolated: bool = False  # runs alone on its actor, so a crash is its own and not a neighbour's
 
 
@@ -183,6 +185,9 @@ class _Scheduler:
         self.actors, self.info, self.config, self.out, self.log = actors, info, config, out, log
         self.decode = decode_shard.options(num_cpus=decode_cpus)
         self.load = {i: 0 for i in range(len(actors))}
+        self.crashes = {i: 0 for i in range(len(actors))}  # crashes seen per actor
+        self.down: dict[int, float] = {}  # crashed actor -> when its crash was seen; no work goes to it
+        self.probes: dict[ray.ObjectRef, int] = {}  # info() calls that tell when a restarted actor is back
         self.waiting: deque[Work] = deque()
         self.inflight: dict[ray.ObjectRef, tuple[Work, int, int]] = {}
         self.active: dict[str, ShardState] = {}
@@ -197,9 +202,11 @@ class _Scheduler:
             self._dispatch()
             readable = [s.generator for s in self.active.values()
                         if s.reading and len(self.waiting) < WAITING_BATCHES * len(self.actors)]
-            ready, _ = ray.wait(readable + list(self.inflight), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(readable + list(self.inflight) + list(self.probes), num_returns=1, timeout=1.0)
             for item in ready:
-                if item in self.inflight:
+                if item in self.probes:
+                    self._probed(item)
+                elif item in self.inflight:
                     self._finish_work(item)
                 else:
                     self._read_next(item)
@@ -240,11 +247,13 @@ class _Scheduler:
         while self.waiting:
             work = self.waiting[0]
             cost = BATCHES_PER_ACTOR if work.isolated else 1  # an isolated piece fills its actor
-            actor = min(self.load, key=self.load.get)
-            if self.load[actor] + cost > BATCHES_PER_ACTOR:
+            up = [i for i in self.load if i not in self.down]
+            actor = min(up, key=self.load.get, default=None)
+            if actor is None or self.load[actor] + cost > BATCHES_PER_ACTOR:
                 return
             self.waiting.popleft()
             work.tries += 1
+            work.crashes_seen = self.crashes[actor]
             ref = self.actors[actor].process.remote(work.batch, work.subset, work.with_errors)
             self.inflight[ref] = (work, actor, cost)
             self.load[actor] += cost
@@ -255,12 +264,42 @@ class _Scheduler:
         state = self.active[work.shard]
         try:
             rows = ray.get(ref)
+        except RayActorError as exc:
+            if work.crashes_seen < self.crashes[actor]:
+                work.tries -= 1  # it shared the actor with the work whose crash was counted: not its fault
+            else:
+                self._actor_crashed(actor)
+            self._retry(work, state, exc)
+            return
         except RayError as exc:
             self._retry(work, state, exc)
             return
         for position, row in rows:
             state.rows[(work.seq, position)] = row
         self._done_work(state)
+
+    def _actor_crashed(self, actor: int) -> None:
+        """Ray restarts a crashed actor; until a call has run on the new process, work sent to it could still reach
+        the dead one and fail for nothing, so none is sent."""
+        self.crashes[actor] += 1
+        self.down.setdefault(actor, time.time())
+        self.probes[self.actors[actor].info.remote()] = actor
+
+    def _probed(self, ref) -> None:
+        actor = self.probes.pop(ref)
+        try:
+            info = ray.get(ref)
+        except RayActorError:
+            if time.time() - self.down[actor] > RECOVERY_TIMEOUT:
+                raise RuntimeError(f"model actor {actor} crashed and did not come back within "
+                                   f"{RECOVERY_TIMEOUT:.0f}s; see the Ray logs for why it dies on start") from None
+            time.sleep(0.2)
+            self.probes[self.actors[actor].info.remote()] = actor
+            return
+        if "error" in info:
+            raise ModelLoadError(f"model actor {actor} restarted after a crash but: {info['error']}")
+        del self.down[actor]
+        self.log(f"model actor {actor} is back after a crash; its work is retried")
 
     def _retry(self, work: Work, state: ShardState, exc: Exception) -> None:
         """Try a failed batch again; then sample by sample, each alone on its actor (a dying actor also fails the
