@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def suite_path(value: str) -> Path:
     path = Path(value)
     named = SUITE_DIR / f"{value}.yaml"
-    return named if not path.exists() and path.suffix == "" and named.is_file() else path
+    return named if not path.is_file() and path.suffix == "" and named.is_file() else path
 
 
 def evaluate(args: argparse.Namespace, log=print) -> int:

@@ -1,0 +1,110 @@
+"""Building the whole world on disk: web and held-out shards, the clean annotated set, the test sets.
+
+    python -m shapeworld DIR [--seed S] [--size small|default]
+
+Every part draws from its own stream, np.random.default_rng([seed, stream]), so resizing one part leaves the others
+unchanged; the same (seed, sizes) gives byte-identical files. The build is written to a temporary sibling folder
+and renamed into place; the marker WORLD.json is written last, so `ensure_world` rebuilds a half-written folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shapeworld import annotated
+from shapeworld.web import write_web
+
+VERSION = 1
+MARKER = "WORLD.json"
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    web_shards: int
+    web_per_shard: int
+    heldout_shards: int
+    heldout_per_shard: int
+    clean_images: int
+    test_images: int  # caption / retrieval images, each a different combination (at most 288)
+    vqa_questions: int  # over the test images, at most 6 per image
+    nlvr_pairs: int
+    refs: int  # referring expressions (RefCOCO refs), over mixed scenes
+
+
+SIZES: dict[str, WorldSize] = {
+    "default": WorldSize(web_shards=8, web_per_shard=500, heldout_shards=2, heldout_per_shard=500, clean_images=400,
+                         test_images=150, vqa_questions=400, nlvr_pairs=200, refs=120),
+    "small": WorldSize(web_shards=2, web_per_shard=100, heldout_shards=1, heldout_per_shard=100, clean_images=60,
+                       test_images=30, vqa_questions=60, nlvr_pairs=40, refs=20),
+}
+STREAMS = {"web": 0, "heldout": 1, "clean": 2, "test_captions": 3, "test_vqa": 4, "test_nlvr2": 5, "test_refcoco": 6}
+
+
+def resolve_size(size: str = "default", sizes: dict | None = None) -> WorldSize:
+    """SIZES[size] with the fields named in `sizes` replaced (e.g. {"web_shards": 4})."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r} (known: {', '.join(SIZES)})")
+    return dataclasses.replace(SIZES[size], **(sizes or {}))
+
+
+def stream(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, STREAMS[name]])
+
+
+def _write_parts(work: Path, seed: int, n: WorldSize) -> dict:
+    counts = {
+        "web": write_web(work / "web", seed, STREAMS["web"], n.web_shards, n.web_per_shard),
+        "heldout": write_web(work / "heldout", seed, STREAMS["heldout"], n.heldout_shards, n.heldout_per_shard),
+        "clean": annotated.write_clean(work / "clean", stream(seed, "clean"), n.clean_images),
+    }
+    test = work / "test"
+    scenes = annotated.distinct_scenes(stream(seed, "test_captions"), n.test_images)
+    ids = annotated.write_test_captions(test, scenes)
+    annotated.write_test_vqa(test, scenes, ids, stream(seed, "test_vqa"), n.vqa_questions)
+    counts["test"] = {"images": len(ids), "vqa_questions": n.vqa_questions,
+                      "nlvr2": annotated.write_nlvr2(test / "nlvr2", stream(seed, "test_nlvr2"), n.nlvr_pairs),
+                      "refcoco": annotated.write_refcoco(test / "refcoco", test / "coco/images/train2014",
+                                                         stream(seed, "test_refcoco"), n.refs)}
+    return counts
+
+
+def _marker(seed: int, size: str, resolved: WorldSize) -> dict:
+    return {"version": VERSION, "seed": seed, "size": size, "sizes": dataclasses.asdict(resolved)}
+
+
+def build_world(root, seed: int = 0, size: str = "default", sizes: dict | None = None) -> Path:
+    """Write the world under `root` (replacing what is there) and return `root`."""
+    root = Path(root)
+    resolved = resolve_size(size, sizes)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = root.with_name(f".{root.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        counts = _write_parts(work, seed, resolved)
+        files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+        if root.exists():
+            shutil.rmtree(root)
+        work.rename(root)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    marker = {**_marker(seed, size, resolved), "counts": counts, "files": files}
+    (root / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+    return root
+
+
+def ensure_world(root, seed: int = 0, size: str = "default", sizes: dict | None = None) -> Path:
+    """Build the world under `root` unless a complete build of this version, seed and size is already there."""
+    expected = _marker(seed, size, resolve_size(size, sizes))
+    try:
+        found = json.loads((Path(root) / MARKER).read_text(encoding="utf-8"))
+        if {key: found.get(key) for key in expected} == expected:
+            return Path(root)
+    except (OSError, ValueError):
+        pass
+    return build_world(root, seed, size, sizes)
