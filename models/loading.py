@@ -93,8 +93,10 @@ def resolve(name: str) -> ModelSpec:
         if source is None:
             return ModelSpec(name, entry["family"], entry["task"], "unavailable", entry["note"])
         kind, _, location = source.partition(":")
-        return ModelSpec(name, entry["family"], entry["task"], {"hf": "hub", "tiny": "tiny", "base-random": "random"}[kind],
-                         location)
+        if kind == "path":  # a checkpoint shipped in the repository, relative to models/
+            location = str((ZOO_FILE.parent / location).resolve())
+        kinds = {"hf": "hub", "tiny": "tiny", "base-random": "random", "path": "dir"}
+        return ModelSpec(name, entry["family"], entry["task"], kinds[kind], location)
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelSpec(name, None, None, "dir", str(path.resolve()))
@@ -121,6 +123,8 @@ def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
         return Checkpoint(spec, "blip", spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD,
                           f"{shape}-random-seed{spec.location}")
     directory, fingerprint = _fetch(spec) if spec.kind == "hub" else (Path(spec.location), None)
+    if not directory.is_dir():
+        raise ModelLoadError(f"{name!r}: its directory {str(directory)!r} does not exist")
     return _load_directory(spec, directory, task, fingerprint)
 
 

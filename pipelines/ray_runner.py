@@ -36,11 +36,21 @@ PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still o
 RECOVERY_TIMEOUT = 600.0  # seconds a crashed model actor may take to come back before the job gives up
 
 
+def quiet_worker_logs() -> None:
+    """Run in every worker process of a local instance: Ray Train's placement-group cleaner polls the state API,
+    which needs the dashboard that a local instance does not start (it costs a 2-core machine seconds per start),
+    and would warn every second until the driver exits."""
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def connect(num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS, or start a private local instance bound to 127.0.0.1."""
     if ray.is_initialized():
         return
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}}
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))},
+           "worker_process_setup_hook": "pipelines.ray_runner.quiet_worker_logs"}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:

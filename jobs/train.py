@@ -1,0 +1,90 @@
+r"""Training job: pre-train a small BLIP on webdataset shards, or fine-tune a captioner, a filter or a VQA model.
+
+    python jobs/train.py pretrain --shards 'world/web/{00000..00007}.tar' --output runs/pre --epochs 4
+    python jobs/train.py caption --annotations world/clean/annotations/train.json --images world/clean/images \
+        --init runs/pre --output runs/captioner
+    python jobs/train.py filter  --annotations ... --images ... --init runs/pre --output runs/filter
+    python jobs/train.py vqa --questions world/clean/vqa/questions.json --annotations world/clean/vqa/annotations.json \
+        --images world/clean/images --init runs/pre --output runs/vqa
+
+Objectives (BLIP's): pretrain = ITC + ITM with hard negatives + LM; caption = LM; filter = ITC + ITM; vqa = the
+answer decoder's LM. Runs on Ray Train (one CPU worker by default; `--workers N` on a cluster, GPUs used when the
+cluster has them). OUTPUT receives the exported roles in Hugging Face layout (caption/, retrieval/ or vqa/: give
+them to jobs/capfilt.py or jobs/evaluate.py as model names) and train.json (recipe, data counts, loss history).
+Exit codes: 0 done, 2 a usage, data or model problem (one `error:` line).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/train.py` from any directory
+
+from evaluation.datasets import DatasetFormatError  # noqa: E402
+from models.loading import ModelLoadError  # noqa: E402
+from pipelines.sources import LocationError  # noqa: E402
+from training.job import TrainJob  # noqa: E402
+from training.loop import TASK_OBJECTIVES  # noqa: E402
+
+DEFAULT_EPOCHS = {"pretrain": 4, "caption": 8, "filter": 8, "vqa": 8}
+DEFAULT_LR = {"pretrain": 5e-4, "caption": 2e-4, "filter": 2e-4, "vqa": 2e-4}
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def parse_args(argv):
+    p = _Parser(prog="jobs/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=sorted(TASK_OBJECTIVES), help="what to train")
+    p.add_argument("--output", required=True, help="folder for the exported model(s) and train.json")
+    p.add_argument("--shards", help="pretrain: webdataset shards (path, glob, brace range or URL)")
+    p.add_argument("--annotations", help="caption / filter: COCO-Karpathy JSON; vqa: the annotations JSON")
+    p.add_argument("--questions", help="vqa: the questions JSON (VQAv2 format)")
+    p.add_argument("--images", help="the folder the annotation files' image paths are relative to")
+    p.add_argument("--init", help="a previous training job's output folder (required to fine-tune)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0, help="initial weights (pretrain) and data order")
+    p.add_argument("--size", default="small", help="model shape for pretrain (models/tiny.py SIZES)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: the worker's CPUs)")
+    return p.parse_args(argv)
+
+
+def job_from_args(args) -> TrainJob:
+    if args.task == "pretrain":
+        data = {"format": "webdataset", "shards": args.shards}
+    elif args.task == "vqa":
+        data = {"format": "vqa", "questions": args.questions, "annotations": args.annotations, "images": args.images}
+    else:
+        data = {"format": "coco_karpathy", "annotations": args.annotations, "images": args.images}
+    return TrainJob(task=args.task, data=data, output=args.output, epochs=args.epochs or DEFAULT_EPOCHS[args.task],
+                    init=args.init, seed=args.seed, batch_size=args.batch_size, lr=args.lr or DEFAULT_LR[args.task],
+                    size=args.size, workers=args.workers, threads=args.threads)
+
+
+def main(argv=None) -> int:
+    try:
+        job = job_from_args(parse_args(argv))
+        from training.ray_train import fit  # ray is imported only once the arguments are known to be right
+
+        record = fit(job)
+    except (UsageError, ValueError, DatasetFormatError, ModelLoadError, LocationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    last = record["history"][-1] if record["history"] else {}
+    print(f"trained {job.task} in {record['seconds']}s on {record['samples']} samples: "
+          + ", ".join(f"{k} {last[k]}" for k in ("itc", "itm", "lm", "vqa") if k in last) + f" -> {job.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Training: each BLIP objective lowers its loss, exports load as the roles, jobs are checked before they run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.answerer import Answerer
+from models.captioner import Captioner
+from models.loading import load_checkpoint
+from models.matcher import Matcher
+from shapeworld.build import ensure_world
+from training.data import load_captions, load_questions, load_shards, pixel_values
+from training.job import TrainJob
+from training.model import BlipTrainee, world_config, world_tokenizer
+from training.objectives import _draw, losses, tokenize, tokenize_questions
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return ensure_world(tmp_path_factory.mktemp("world") / "w", seed=3, size="small")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return world_tokenizer()
+
+
+def fresh(tokenizer, seed=0):
+    return BlipTrainee.create(world_config(tokenizer, "tiny"), seed)
+
+
+def overfit(model, batch_fn, name: str, steps: int = 120) -> tuple[float, float]:
+    """Loss of `name` before and after `steps` AdamW steps on one fixed batch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    values = []
+    for _ in range(steps):
+        pixels, batch = batch_fn()
+        loss = model(pixels, batch, (name,), generator)[name]
+        values.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return values[0], values[-1]
+
+
+# Below what a model that ignores the image can reach on a batch of 8: ITC ln 8 (uniform over the batch); ITM the
+# entropy of its 1:2 match prior; LM a fraction of its start.
+BLIND = {"itc": float(np.log(8)), "itm": float(-(np.log(1 / 3) / 3 + 2 * np.log(2 / 3) / 3)), "lm": None}
+
+
+@pytest.mark.parametrize("name", ["itc", "itm", "lm"])
+def test_each_objective_lowers_its_loss(world, tokenizer, name):
+    """On one batch of 8 clean pairs, each objective alone goes below what ignoring the image can give."""
+    torch.manual_seed(0)
+    data = load_captions(world / "clean/annotations/train.json", world / "clean/images", 32)
+    rows = np.arange(8)
+    pixels = pixel_values(data.images[rows])
+    batch = tokenize(tokenizer, [data.texts[i][0] for i in rows])
+    first, last = overfit(fresh(tokenizer), lambda: (pixels, batch), name)
+    assert last < 0.8 * first, (name, first, last)
+    if BLIND[name] is not None:
+        assert last < 0.95 * BLIND[name], (name, last, BLIND[name])
+
+
+def test_vqa_objective_lowers_its_loss(world, tokenizer):
+    torch.manual_seed(0)
+    data = load_questions(world / "clean/vqa/questions.json", world / "clean/vqa/annotations.json",
+                          world / "clean/images", 32)
+    rows = np.arange(8)
+    pixels = pixel_values(data.images[rows])
+    batch = tokenize_questions(tokenizer, [data.questions[i] for i in rows], [data.answers[i][0] for i in rows])
+    first, last = overfit(fresh(tokenizer), lambda: (pixels, batch), "vqa")
+    assert last < 0.5 * first, (first, last)
+
+
+def test_web_shards_load_with_every_sample_accounted(world):
+    data = load_shards(str(world / "web" / "*.tar"), 32)
+    assert len(data) == 200 and data.images.shape == (200, 32, 32, 3) and not data.skipped
+    assert all(len(texts) == 1 for texts in data.texts)
+    assert "" in {texts[0] for texts in data.texts}  # the empty web captions train as empty text
+
+
+def test_hard_negatives_are_never_the_pair_itself_nor_an_equal_text():
+    similarity = torch.randn(6, 6)
+    same = torch.eye(6, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True  # texts 0 and 1 are equal
+    for seed in range(20):
+        drawn = _draw(similarity, same, torch.Generator().manual_seed(seed))
+        assert all(not same[row, col] for row, col in enumerate(drawn.tolist()))
+        assert all(similarity[row, col] < similarity[row, row] or same[row].all()
+                   for row, col in enumerate(drawn.tolist()) if (similarity[row] < similarity[row, row]).any())
+
+
+def test_export_round_trip_runs_as_the_roles(tmp_path, world, tokenizer):
+    trainee = fresh(tokenizer, seed=1)
+    for task in ("caption", "retrieval", "vqa"):
+        trainee.export(task, tmp_path / task, tokenizer)
+        assert load_checkpoint(str(tmp_path / task)).task == task
+    image = np.full((40, 40, 3), 120, np.uint8)
+    captioner = Captioner.load(str(tmp_path / "caption"), precision="fp32")
+    assert isinstance(captioner.caption(captioner.prepare([image]))[0], str)
+    matcher = Matcher.load(str(tmp_path / "retrieval"), precision="fp32")
+    assert 0.0 <= matcher.score(matcher.prepare([image]), [["a red circle on the left"]]).itm[0] <= 1.0
+    answerer = Answerer.load(str(tmp_path / "vqa"), precision="fp32")
+    assert isinstance(answerer.answer(answerer.prepare([image]), ["what color"])[0], str)
+    back, _ = BlipTrainee.from_checkpoints({"retrieval": str(tmp_path / "retrieval"), "caption": str(tmp_path / "caption")})
+    for name, value in trainee.state_dict().items():
+        if name != "temp":  # ITC's temperature is a training quantity; no exported class carries it
+            assert torch.equal(value, back.state_dict()[name]), name
+
+
+def test_losses_of_a_batch_are_finite(world, tokenizer):
+    data = load_captions(world / "clean/annotations/train.json", world / "clean/images", 32)
+    out = losses(fresh(tokenizer), pixel_values(data.images[:4]), tokenize(tokenizer, [t[0] for t in data.texts[:4]]))
+    assert set(out) == {"itc", "itm", "lm"} and all(torch.isfinite(v) for v in out.values())
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(task="caption", data={"format": "coco_karpathy", "annotations": "a.json", "images": "i"}), "pre-trained"),
+    (dict(task="pretrain", data={"format": "webdataset"}), "needs shards"),
+    (dict(task="pretrain", data={"format": "csv"}), "unknown data format"),
+    (dict(task="vqa", data={"format": "webdataset", "shards": "x.tar"}, init="x"), "vqa data"),
+    (dict(task="teach", data={"format": "webdataset", "shards": "x.tar"}), "unknown training task"),
+])
+def test_bad_jobs_are_refused_before_any_work(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainJob(output=str(tmp_path), epochs=1, **settings)

@@ -1,0 +1,201 @@
+"""BLIP's bootstrapping loop, end to end on the shape world, with the evidence that it works.
+
+1. pre-train on the noisy web shards (one model per seed: the raw baselines);
+2. fine-tune a captioner (LM), a filter (ITC + ITM) and a VQA model on the clean set, from the seed-0 model;
+3. CapFilt the web shards with them (the job of jobs/capfilt.py), export the bootstrapped dataset (BLIP's choice:
+   every caption, web or synthetic, with p(match) >= 0.5); CapFilt the held-out shards too, to measure the filter
+   and the captioner against the world's ground truth;
+4. pre-train a fresh model per seed on the bootstrapped dataset;
+5. evaluate every pre-trained model (caption CIDEr, retrieval R@1) and the fine-tuned models (the whole suite).
+
+Every stage writes into WORKDIR and is skipped when its output is already there, so an interrupted loop resumes.
+The report (REPORT.md, report.json) is written at the end.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from evaluation.runner import Options, run_suite
+from evaluation.suite import SUITE_DIR, load_suite
+from pipelines.config import CapFiltConfig
+from pipelines.export import export_dataset
+from pipelines.ray_runner import run_capfilt
+from pipelines.stage import Sampling
+from shapeworld import evidence
+from shapeworld.build import ensure_world
+from training.job import TrainJob
+from training.ray_train import RECORD_FILE, fit
+
+SUITE = SUITE_DIR / "shapeworld.yaml"
+COMPARED = {"shapes_caption": ["CIDEr", "BLEU-4"], "shapes_retrieval": ["i2t_r1", "t2i_r1"]}
+
+
+@dataclass
+class LoopSettings:
+    workdir: str
+    world_seed: int = 0
+    world_size: str = "default"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    model_size: str = "small"  # models/tiny.py SIZES
+    pretrain_epochs: float = 4
+    caption_epochs: float = 20  # fine-tuning runs over the clean set (400 images): many epochs, few steps
+    filter_epochs: float = 60
+    vqa_epochs: float = 6
+    batch_size: int = 32
+    pretrain_lr: float = 5e-4
+    caption_lr: float = 2e-4
+    filter_lr: float = 5e-4
+    vqa_lr: float = 2e-4
+    num_captions: int = 2
+    threshold: float = 0.5
+    eval_limit: int | None = None
+    stages: dict = field(default_factory=dict)  # stage -> seconds, filled as the loop runs
+
+
+class Loop:
+    def __init__(self, settings: LoopSettings, log=print):
+        self.s, self.log = settings, log
+        self.work = Path(settings.workdir).resolve()
+        self.world = self.work / "world"
+
+    def path(self, *parts) -> Path:
+        return self.work.joinpath(*parts)
+
+    def _stage(self, name: str, done: bool, action) -> None:
+        if done:
+            self.log(f"bootstrap: {name}: already done")
+            return
+        started = time.time()
+        self.log(f"bootstrap: {name} ...")
+        action()
+        self.s.stages[name] = round(time.time() - started, 1)
+        self.log(f"bootstrap: {name}: {self.s.stages[name]}s")
+
+    def _train(self, name: str, **job) -> Path:
+        out = self.path(name)
+        self._stage(f"train {name}", (out / RECORD_FILE).is_file(),
+                    lambda: fit(TrainJob(output=str(out), batch_size=self.s.batch_size, **job), log=self.log))
+        return out
+
+    def _capfilt(self, name: str, shards: str) -> Path:
+        out = self.path(name)
+        config = CapFiltConfig(input=shards, output=str(out), captioner=str(self.path("captioner", "caption")),
+                               filter=str(self.path("filter", "retrieval")),
+                               sampling=Sampling(num_captions=self.s.num_captions, seed=self.s.world_seed))
+        self._stage(f"capfilt {name}", (out / "summary.json").is_file(), lambda: self._run_capfilt(config, out))
+        return out
+
+    def _run_capfilt(self, config: CapFiltConfig, out: Path) -> None:
+        summary = run_capfilt(config, log=self.log)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+
+    def _evaluate(self, name: str, models: dict[str, str], tasks: list[str] | None) -> dict:
+        out = self.path("eval", f"{name}.json")
+
+        def run():
+            suite = load_suite(SUITE, variables={"WORLD": str(self.world)}, models=models, tasks=tasks)
+            result = run_suite(suite, Options(self.path("eval"), limit=self.s.eval_limit), self.log)
+            scores = {}
+            for row in result.rows:
+                if row["status"] == "ok":
+                    scores.setdefault(row["task"], {})[row["metric"]] = row["value"]
+                elif row["status"] == "skipped":
+                    scores.setdefault(row["task"], {})["skipped"] = row["note"]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(scores, indent=1) + "\n", encoding="utf-8")
+
+        self._stage(f"evaluate {name}", out.is_file(), run)
+        return json.loads(out.read_text(encoding="utf-8"))
+
+    def run(self) -> dict:
+        s, started = self.s, time.time()
+        self._stage("world", (self.world / "WORLD.json").is_file(),
+                    lambda: ensure_world(self.world, s.world_seed, s.world_size))
+        web = str(self.world / "web" / "*.tar")
+        heldout = str(self.world / "heldout" / "*.tar")
+        clean = {"format": "coco_karpathy", "annotations": str(self.world / "clean/annotations/train.json"),
+                 "images": str(self.world / "clean/images")}
+        vqa = {"format": "vqa", "questions": str(self.world / "clean/vqa/questions.json"),
+               "annotations": str(self.world / "clean/vqa/annotations.json"), "images": str(self.world / "clean/images")}
+        pretrain = dict(task="pretrain", epochs=s.pretrain_epochs, lr=s.pretrain_lr, size=s.model_size)
+        for seed in s.seeds:
+            self._train(f"raw-seed{seed}", data={"format": "webdataset", "shards": web}, seed=seed, **pretrain)
+        base = str(self.path(f"raw-seed{s.seeds[0]}"))
+        finetune = dict(init=base, seed=s.seeds[0])
+        self._train("captioner", task="caption", data=clean, epochs=s.caption_epochs, lr=s.caption_lr, **finetune)
+        self._train("filter", task="filter", data=clean, epochs=s.filter_epochs, lr=s.filter_lr, **finetune)
+        self._train("vqa", task="vqa", data=vqa, epochs=s.vqa_epochs, lr=s.vqa_lr, **finetune)
+
+        web_run = self._capfilt("capfilt-web", web)
+        heldout_run = self._capfilt("capfilt-heldout", heldout)
+        boot = self.path("bootstrapped")
+        self._stage("export bootstrapped dataset", (boot / "export.json").is_file(),
+                    lambda: export_dataset(str(web_run), str(boot), s.threshold, "both", log=lambda line: None))
+        exported = json.loads((boot / "export.json").read_text(encoding="utf-8"))
+        if not exported["samples"]:
+            raise ValueError(f"the filter kept no caption at threshold {s.threshold} ({web_run}): there is nothing to "
+                             "pre-train on; train the filter longer or lower the threshold")
+        for seed in s.seeds:
+            self._train(f"boot-seed{seed}", data={"format": "webdataset", "shards": str(boot / "*.tar")}, seed=seed,
+                        **pretrain)
+
+        compared = {}
+        for kind in ("raw", "boot"):
+            for seed in s.seeds:
+                folder = self.path(f"{kind}-seed{seed}")
+                models = {"captioner": str(folder / "caption"), "filter": str(folder / "retrieval")}
+                compared[f"{kind}-seed{seed}"] = self._evaluate(f"{kind}-seed{seed}", models, list(COMPARED))
+        finetuned = self._evaluate("finetuned", self.finetuned_models(), None)
+        report = {
+            "settings": {k: v for k, v in asdict(s).items() if k != "stages"},
+            "world": json.loads((self.world / "WORLD.json").read_text(encoding="utf-8")).get("counts"),
+            "filter": evidence.filter_quality(heldout_run, self.world / "heldout" / "truth.parquet", s.threshold),
+            "captions": evidence.caption_quality(heldout_run, self.world / "heldout" / "truth.parquet", s.threshold),
+            "bootstrapped": exported,
+            "pretrained": compared,
+            "comparison": compare(compared, s.seeds),
+            "finetuned": finetuned,
+            "seconds": {**s.stages, "total this invocation": round(time.time() - started, 1)},
+        }
+        (self.work / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        from training.report import render
+
+        (self.work / "REPORT.md").write_text(render(report), encoding="utf-8")
+        return report
+
+    def finetuned_models(self) -> dict[str, str]:
+        return {"captioner": str(self.path("captioner", "caption")), "filter": str(self.path("filter", "retrieval")),
+                "answerer": str(self.path("vqa", "vqa"))}
+
+    def ship(self, destination: Path) -> list[Path]:
+        """Copy the fine-tuned models to `destination` (models/checkpoints) under their zoo folder names."""
+        shipped = []
+        for folder, source in (("shapes_caption", self.path("captioner", "caption")),
+                               ("shapes_retrieval", self.path("filter", "retrieval")),
+                               ("shapes_vqa", self.path("vqa", "vqa"))):
+            target = destination / folder
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(source, target)
+            shipped.append(target)
+        return shipped
+
+
+def compare(scores: dict, seeds) -> dict:
+    """Per metric: raw and bootstrapped values per seed, their means, and whether bootstrapped won on every seed."""
+    out = {}
+    for task, metrics in COMPARED.items():
+        for metric in metrics:
+            raw = [scores[f"raw-seed{s}"].get(task, {}).get(metric) for s in seeds]
+            boot = [scores[f"boot-seed{s}"].get(task, {}).get(metric) for s in seeds]
+            if None in raw or None in boot:
+                continue
+            out[f"{task}:{metric}"] = {
+                "raw": raw, "boot": boot, "raw_mean": statistics.fmean(raw), "boot_mean": statistics.fmean(boot),
+                "boot_wins": sum(b > r for r, b in zip(raw, boot)), "seeds": len(seeds)}
+    return out

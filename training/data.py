@@ -1,0 +1,119 @@
+"""Training data held in memory: images decoded once to uint8 at the model's size, with their texts.
+
+Three sources, read with the project's own readers (never an unpickling auto-decoder):
+- webdataset shards (raw img2dataset output, or capfilt's exported bootstrapped dataset whose KEY.json lists every
+  kept caption under "capfilt"), through pipelines.reader and pipelines.decode;
+- a COCO-Karpathy caption file (the clean annotated set), through evaluation.datasets;
+- a VQAv2 question + annotation pair, through evaluation.datasets.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluation.datasets.captions import read_coco_karpathy
+from evaluation.datasets.vqa import read_vqa
+from models.images import load_image, resize
+from models.loading import CLIP_MEAN, CLIP_STD
+from pipelines.decode import decode_samples
+from pipelines.reader import read_shard
+from pipelines.sources import expand_shards
+
+CHUNK = 256  # samples decoded at a time
+
+
+@dataclass
+class PairSet:
+    """Images with one or more texts each: a training step draws one text per image."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8
+    texts: list[list[str]]
+    skipped: dict[str, int] = field(default_factory=dict)  # error type -> samples that could not be used
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class QuestionSet:
+    images: np.ndarray
+    questions: list[str]
+    answers: list[list[str]]  # the annotators' answers (drawn from, so frequent answers weigh more)
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+
+def load_shards(spec: str, image_size: int) -> PairSet:
+    """Every usable sample of the shards `spec` names (path, glob, brace range or URL). A sample whose image does
+    not decode is counted in `skipped`; one with no caption trains on the empty text, as the web gave it."""
+    images, texts, skipped = [], [], {}
+    for shard in expand_shards(spec):
+        samples = []
+        for item in read_shard(shard.url):
+            if not hasattr(item, "key"):  # a problem with the shard itself (truncated, not a tar)
+                skipped[item.error_type] = skipped.get(item.error_type, 0) + 1
+                continue
+            samples.append(item)
+            if len(samples) == CHUNK:
+                _decode_into(shard.id, samples, image_size, images, texts, skipped)
+                samples = []
+        _decode_into(shard.id, samples, image_size, images, texts, skipped)
+    if not texts:
+        raise ValueError(f"no usable samples in {spec!r} (skipped: {skipped or 'no samples at all'})")
+    return PairSet(np.concatenate(images), texts, skipped)
+
+
+def _decode_into(shard_id: str, samples: list, image_size: int, images: list, texts: list, skipped: dict) -> None:
+    if not samples:
+        return
+    decoded = decode_samples(shard_id, samples, [image_size])
+    for row in decoded["rows"]:
+        if row["status"] != "ok":
+            skipped[row["error_type"]] = skipped.get(row["error_type"], 0) + 1
+    images.append(decoded["images"][image_size])
+    for position, caption in zip(decoded["ok"], decoded["captions"]):
+        kept = _kept_captions(samples[position].members.get("json"))
+        texts.append(kept if kept else [caption or ""])
+
+
+def _kept_captions(meta: bytes | None) -> list[str]:
+    """The captions capfilt's export kept for a sample (KEY.json "capfilt"), or [] for a raw web sample."""
+    if not meta:
+        return []
+    try:
+        value = json.loads(meta.decode("utf-8", errors="replace"))
+    except ValueError:
+        return []
+    kept = value.get("capfilt", {}).get("captions", []) if isinstance(value, dict) else []
+    return [c["text"] for c in kept if isinstance(c, dict) and isinstance(c.get("text"), str)]
+
+
+def load_captions(annotations, images_dir, image_size: int) -> PairSet:
+    """A COCO-Karpathy caption file (list of {"image", "caption"}) with its images."""
+    records = read_coco_karpathy(annotations, str(images_dir))
+    images = np.stack([resize(load_image(Path(r.image)), image_size) for r in records])
+    return PairSet(images, [list(r.references) for r in records])
+
+
+def load_questions(questions, annotations, images_dir, image_size: int) -> QuestionSet:
+    """VQAv2-format questions with their ten answers each, and the images they ask about."""
+    records = read_vqa(questions, annotations, image_dir=str(images_dir))
+    cache: dict[str, np.ndarray] = {}
+    for record in records:
+        if record.image not in cache:
+            cache[record.image] = resize(load_image(Path(record.image)), image_size)
+    return QuestionSet(np.stack([cache[r.image] for r in records]), [r.question for r in records],
+                       [list(r.answers) for r in records])
+
+
+def pixel_values(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, S, S, 3) -> BLIP's normalised float (B, 3, S, S), as models.base.Role does for inference."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (batch - mean) / std

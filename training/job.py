@@ -1,0 +1,114 @@
+"""One training job described as data, and the work of one training worker (no Ray here: see ray_train.py).
+
+A `TrainJob` says what to train (pretrain, or fine-tune a captioner, a filter or a VQA model), on which data,
+from which weights (a fresh seeded model, or the roles a previous job exported), and which roles to export.
+`run_worker` does the work of one worker; `training.ray_train.fit` runs it under Ray Train.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from training import data as datasets
+from training.loop import TASK_OBJECTIVES, Recipe, train
+from training.model import BlipTrainee, world_config, world_tokenizer
+
+EXPORTS = {"pretrain": ("caption", "retrieval"), "caption": ("caption",), "filter": ("retrieval",), "vqa": ("vqa",)}
+DATA_FORMATS = {"webdataset": ("shards",), "coco_karpathy": ("annotations", "images"),
+                "vqa": ("questions", "annotations", "images")}
+
+
+@dataclass
+class TrainJob:
+    task: str  # pretrain | caption | filter | vqa
+    data: dict  # {"format": webdataset, "shards": spec} | {"format": coco_karpathy, ...} | {"format": vqa, ...}
+    output: str
+    epochs: float
+    init: str | None = None  # a previous job's output folder; None: a fresh model from `seed`
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 5e-4
+    size: str = "small"
+    workers: int = 1
+    threads: int | None = None
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    recipe_overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASK_OBJECTIVES:
+            raise ValueError(f"unknown training task {self.task!r}; one of {', '.join(TASK_OBJECTIVES)}")
+        form = self.data.get("format")
+        if form not in DATA_FORMATS:
+            raise ValueError(f"unknown data format {form!r}; one of {', '.join(DATA_FORMATS)}")
+        missing = [k for k in DATA_FORMATS[form] if not self.data.get(k)]
+        if missing:
+            raise ValueError(f"{form} data needs {', '.join(missing)}")
+        if (self.task == "vqa") != (form == "vqa"):
+            raise ValueError("the vqa task trains on vqa data, and only it does")
+        if self.task != "pretrain" and self.init is None:
+            raise ValueError(f"fine-tuning ({self.task}) starts from a pre-trained model: give init")
+        if self.init is not None and not initial_roles(self.init):
+            raise ValueError(f"{self.init!r} holds no exported model (caption/, retrieval/ or vqa/)")
+
+    def recipe(self, device: str = "cpu") -> Recipe:
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and device.startswith("cuda"))
+        return Recipe(TASK_OBJECTIVES[self.task], self.epochs, self.batch_size, self.lr, seed=self.seed, bf16=bf16,
+                      **self.recipe_overrides)
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def initial_roles(folder) -> dict[str, str]:
+    """The exported roles in a job's output folder, in the order that fills a trainee (vqa last: its encoder and
+    decoder are the most trained when present)."""
+    folder = Path(folder)
+    return {task: str(folder / task) for task in ("retrieval", "caption", "vqa") if (folder / task / "config.json").is_file()}
+
+
+def load_data(job: TrainJob, image_size: int):
+    spec = job.data
+    if spec["format"] == "webdataset":
+        return datasets.load_shards(spec["shards"], image_size)
+    if spec["format"] == "coco_karpathy":
+        return datasets.load_captions(spec["annotations"], spec["images"], image_size)
+    return datasets.load_questions(spec["questions"], spec["annotations"], spec["images"], image_size)
+
+
+def build_model(job: TrainJob):
+    if job.init is None:
+        tokenizer = world_tokenizer()
+        return BlipTrainee.create(world_config(tokenizer, job.size), job.seed), tokenizer
+    return BlipTrainee.from_checkpoints(initial_roles(job.init))
+
+
+def run_worker(job: TrainJob, export_to, rank: int = 0, world_size: int = 1, log=print, on_epoch=None,
+               wrap=None, device: str = "cpu") -> dict:
+    """Train as worker `rank` of `world_size`; rank 0 exports the job's roles to `export_to` and returns a record
+    of the run (recipe, data counts, loss history, seconds). `wrap` prepares the model for distributed training."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    started = time.time()
+    model, tokenizer = build_model(job)
+    data = load_data(job, model.config.vision_config.image_size)
+    log(f"train {job.task}: {len(data)} samples ({_skipped(data)}), {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters, {torch.get_num_threads()} threads, worker {rank + 1}/{world_size}")
+    model.to(device)
+    trained = wrap(model) if wrap else model
+    recipe = job.recipe(str(device))
+    history = train(trained, tokenizer, data, recipe, log=log, rank=rank, world_size=world_size, on_epoch=on_epoch)
+    model.to("cpu")
+    record = {"job": job.describe(), "recipe": recipe.describe(), "device": str(device), "samples": len(data),
+              "skipped": getattr(data, "skipped", {}), "history": history, "seconds": round(time.time() - started, 1)}
+    if rank == 0:
+        for task in EXPORTS[job.task]:
+            model.export(task, Path(export_to) / task, tokenizer)
+    return record
+
+
+def _skipped(data) -> str:
+    skipped = getattr(data, "skipped", {})
+    return "none skipped" if not skipped else "skipped " + ", ".join(f"{n} {kind}" for kind, n in skipped.items())

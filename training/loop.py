@@ -1,0 +1,114 @@
+"""The training loop itself, plain torch: the same function runs in-process and inside a Ray Train worker.
+
+A `Recipe` names the objectives and the schedule (AdamW, linear warm-up then cosine decay, as BLIP). Each step
+draws a batch of images and one of each image's texts (or questions), from a generator seeded by the recipe, so a
+run is reproducible on one worker. With several workers each takes every n-th sample of the epoch's order.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from training.data import PairSet, QuestionSet, pixel_values
+from training.objectives import OBJECTIVES, to_device, tokenize, tokenize_questions
+
+TASK_OBJECTIVES = {  # what each kind of training optimises
+    "pretrain": ("itc", "itm", "lm"),
+    "caption": ("lm",),  # fine-tune a captioner
+    "filter": ("itc", "itm"),  # fine-tune a filter
+    "vqa": ("vqa",),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    objectives: tuple[str, ...]
+    epochs: float
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.05  # fraction of the steps
+    seed: int = 0
+    log_every: int = 50  # steps
+    bf16: bool = False  # autocast to bfloat16 (on GPUs; see BENCHMARKS.md for CPU)
+
+    def __post_init__(self):
+        unknown = set(self.objectives) - set(OBJECTIVES) - {"vqa"}
+        if unknown or not self.objectives:
+            raise ValueError(f"unknown objectives {sorted(unknown)}; known: {', '.join(OBJECTIVES)}, vqa")
+        if ("vqa" in self.objectives) and len(self.objectives) > 1:
+            raise ValueError("the vqa objective trains alone (it needs question data)")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(model, tokenizer, data: PairSet | QuestionSet, recipe: Recipe, log=print, rank: int = 0,
+          world_size: int = 1, on_epoch=None) -> list[dict]:
+    """Optimise `model` on `data`; returns one metrics dict per logged interval. `on_epoch(epoch, metrics)` is
+    called at each epoch end (Ray Train reports through it)."""
+    device = next(model.parameters()).device
+    rng = np.random.default_rng([recipe.seed, 7])
+    generator = torch.Generator().manual_seed(recipe.seed)
+    per_epoch = max(1, len(data) // (recipe.batch_size * world_size))
+    total = max(1, round(recipe.epochs * per_epoch))
+    warmup = max(1, int(recipe.warmup * total))
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step, total, warmup))
+    model.train()
+    history, sums, count, started, order = [], {}, 0, time.time(), np.empty(0, dtype=np.int64)
+    for step in range(total):
+        if step % per_epoch == 0:
+            order = rng.permutation(len(data))[rank::world_size]
+        start = (step % per_epoch) * recipe.batch_size
+        batch = order[start:start + recipe.batch_size]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+            parts = _step_losses(model, tokenizer, data, batch, recipe, rng, generator, device)
+        loss = sum(parts.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + value.item()
+        count += 1
+        epoch_end = (step + 1) % per_epoch == 0 or step + 1 == total
+        if (step + 1) % recipe.log_every == 0 or epoch_end:
+            elapsed = time.time() - started
+            metrics = {"step": step + 1, "steps": total, "epoch": round((step + 1) / per_epoch, 2),
+                       **{name: round(value / count, 4) for name, value in sums.items()},
+                       "samples_per_second": round((step + 1) * recipe.batch_size / elapsed, 1)}
+            history.append(metrics)
+            log("train " + " ".join(f"{k} {v}" for k, v in metrics.items()))
+            sums, count = {}, 0
+            if epoch_end and on_epoch is not None:
+                on_epoch(metrics)
+    model.eval()
+    return history
+
+
+def _step_losses(model, tokenizer, data, batch, recipe: Recipe, rng, generator, device) -> dict[str, torch.Tensor]:
+    pixels = pixel_values(data.images[batch]).to(device, non_blocking=True)
+    if isinstance(data, QuestionSet):
+        answers = [data.answers[i][rng.integers(len(data.answers[i]))] for i in batch]
+        text = tokenize_questions(tokenizer, [data.questions[i] for i in batch], answers)
+    else:
+        text = tokenize(tokenizer, [data.texts[i][rng.integers(len(data.texts[i]))] for i in batch])
+    return model(pixels, to_device(text, device), recipe.objectives, generator)  # through forward, so a DDP wrapper syncs gradients

@@ -1,0 +1,119 @@
+"""The BLIP model that training works on: one vision encoder shared by the three heads BLIP pre-trains together.
+
+`BlipTrainee` holds the modules of transformers' BLIP classes under their own names (vision_model, text_encoder,
+text_decoder, vision_proj, text_proj, itm_head) plus ITC's learned temperature, so a trained model exports to a
+captioner (BlipForConditionalGeneration), a filter (BlipForImageTextRetrieval) or a VQA model
+(BlipForQuestionAnswering) by copying state dicts, and any of those initialises a trainee back. Unlike BLIP's
+pre-training, the text encoder and decoder share no layers: sharing all but self-attention, as BLIP does, was tried
+and did not make ITM learn faster here (RESULTS.md).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipForImageTextRetrieval,
+    BlipForQuestionAnswering,
+    BlipTextConfig,
+)
+from transformers.models.blip.modeling_blip import BlipVisionModel
+from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
+
+from models import tiny
+from models.loading import CLIP_MEAN, CLIP_STD, load_checkpoint
+from models.patches import patch_blip_text
+from training import objectives
+
+EXPORT_CLASSES = {
+    "caption": BlipForConditionalGeneration,
+    "retrieval": BlipForImageTextRetrieval,
+    "vqa": BlipForQuestionAnswering,
+}
+# Which trainee modules each exported class carries.
+EXPORT_MODULES = {
+    "caption": ("vision_model", "text_decoder"),
+    "retrieval": ("vision_model", "text_encoder", "vision_proj", "text_proj", "itm_head"),
+    "vqa": ("vision_model", "text_encoder", "text_decoder"),
+}
+TEMPERATURE = 0.07  # ITC's initial temperature, learned, clamped to [0.001, 0.5] as in BLIP
+
+
+def world_tokenizer():
+    """The tokenizer of the shape world: tiny.py's WordPiece base plus every word the world's texts use."""
+    from shapeworld.captions import VOCABULARY
+
+    base = tiny.tiny_vocabulary()
+    known = set(base)
+    return tiny.build_tokenizer(base + [word for word in VOCABULARY if word not in known])
+
+
+def world_config(tokenizer, size: str = "small") -> BlipConfig:
+    return tiny.tiny_config(len(tokenizer), size=size)
+
+
+class BlipTrainee(nn.Module):
+    def __init__(self, config: BlipConfig):
+        super().__init__()
+        self.config = config
+        text: BlipTextConfig = config.text_config
+        self.vision_model = BlipVisionModel(config.vision_config)
+        self.text_encoder = BlipTextModel(text, add_pooling_layer=False)
+        self.text_decoder = BlipTextLMHeadModel(text)
+        self.vision_proj = nn.Linear(config.vision_config.hidden_size, config.image_text_hidden_size)
+        self.text_proj = nn.Linear(text.hidden_size, config.image_text_hidden_size)
+        self.itm_head = nn.Linear(text.hidden_size, 2)
+        self.temp = nn.Parameter(torch.tensor(TEMPERATURE))
+        patch_blip_text(self)  # fused vision attention; the cross-attention mask fix
+
+    def forward(self, pixel_values: torch.Tensor, batch, names=objectives.OBJECTIVES, generator=None):
+        """The losses `names` for a tokenized batch (objectives.tokenize / tokenize_questions)."""
+        return objectives.losses(self, pixel_values, batch, names, generator)
+
+    @classmethod
+    def create(cls, config: BlipConfig, seed: int) -> BlipTrainee:
+        """A fresh model; the same seed gives the same weights. Initialised the way transformers initialises BLIP."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            modules = {task: EXPORT_CLASSES[task](config) for task in ("caption", "retrieval")}
+            for name, param in modules["retrieval"].vision_model.named_parameters():
+                if param.dim() > 1:  # transformers leaves BLIP's ViT at ~1e-10: ViT's own init is std 0.02
+                    nn.init.trunc_normal_(param, std=0.02)
+        trainee = cls(config)
+        trainee.load_parts(modules["retrieval"], EXPORT_MODULES["retrieval"])
+        trainee.load_parts(modules["caption"], ("text_decoder",))
+        return trainee
+
+    @classmethod
+    def from_checkpoints(cls, names: dict[str, str]) -> tuple[BlipTrainee, object]:
+        """A trainee from exported roles ({task: zoo name or directory}); later tasks overwrite shared modules."""
+        loaded = {task: load_checkpoint(name, task=task) for task, name in names.items()}
+        first = next(iter(loaded.values()))
+        trainee = cls(first.model.config)
+        for task, checkpoint in loaded.items():
+            trainee.load_parts(checkpoint.model, EXPORT_MODULES[task])
+        return trainee, first.tokenizer
+
+    def load_parts(self, model: nn.Module, parts) -> None:
+        for part in parts:
+            getattr(self, part).load_state_dict(getattr(model, part).state_dict())
+
+    def export(self, task: str, directory, tokenizer) -> Path:
+        """Write this model as the transformers class of `task` in Hugging Face layout (safetensors)."""
+        directory = Path(directory)
+        with torch.random.fork_rng(devices=[]):
+            model = EXPORT_CLASSES[task](self.config)
+        for part in EXPORT_MODULES[task]:
+            getattr(model, part).load_state_dict(getattr(self, part).state_dict())
+        model.eval().save_pretrained(directory, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+        size = self.config.vision_config.image_size
+        (directory / "preprocessor_config.json").write_text(json.dumps(
+            {"image_processor_type": "BlipImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
+             "resample": 3, "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+             "do_rescale": True, "rescale_factor": 1 / 255}, indent=1) + "\n", encoding="utf-8")
+        return directory

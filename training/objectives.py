@@ -1,0 +1,165 @@
+"""BLIP's three pre-training objectives on a `BlipTrainee`: ITC, ITM with hard negatives, and language modelling.
+
+As in BLIP (without its momentum encoder): ITC contrasts [CLS] text features with the image's [CLS] feature under
+a learned temperature; ITM classifies [ENC] + text cross-attending to the image, for each positive pair plus one
+negative text per image and one negative image per text drawn from the ITC similarities (hard negatives); LM is
+the image-grounded decoder's next-token loss with label smoothing 0.1 on "[DEC] a picture of <caption> [SEP]",
+the prompt tokens masked out. Texts that are equal count as positives of each other in ITC and are never drawn
+as ITM negatives (in a web corpus different images often carry the same caption).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.captioner import PROMPT
+
+LM_LABEL_SMOOTHING = 0.1  # BLIP's decoder loss
+TEXT_MAX_LENGTH = 35  # BLIP's text length for ITC / ITM (and for captions here)
+OBJECTIVES = ("itc", "itm", "lm")
+QUESTION_MAX_LENGTH = 35
+FALSE_NEGATIVE_MARGIN = 0.0  # ITC logits: hard negatives must score below the true pair by this much  # as models.answerer encodes questions
+
+
+@dataclass
+class TextBatch:
+    cls_ids: torch.Tensor  # [CLS] + text: ITC's unimodal encoder
+    enc_ids: torch.Tensor  # [ENC] + text: ITM's image-grounded encoder
+    mask: torch.Tensor
+    dec_ids: torch.Tensor  # [DEC] + prompt + text + [SEP]
+    dec_mask: torch.Tensor
+    labels: torch.Tensor  # dec_ids with pad and prompt at -100
+    same: torch.Tensor  # (B, B) bool: texts i and j are equal
+
+
+def to_device(batch, device):
+    """A TextBatch or QuestionBatch with every tensor on `device`."""
+    return type(batch)(**{k: v.to(device, non_blocking=True) for k, v in vars(batch).items()})
+
+
+def tokenize(tokenizer, texts: list[str], prompt: str = PROMPT) -> TextBatch:
+    enc_id = tokenizer.convert_tokens_to_ids("[ENC]")
+    dec_id = tokenizer.convert_tokens_to_ids("[DEC]")
+    plain = tokenizer(texts, padding="longest", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt")
+    enc_ids = plain.input_ids.clone()
+    enc_ids[:, 0] = enc_id
+    decoded = tokenizer([prompt + t for t in texts], padding="longest", truncation=True,
+                        max_length=TEXT_MAX_LENGTH + 8, return_tensors="pt")
+    dec_ids = decoded.input_ids.clone()
+    dec_ids[:, 0] = dec_id
+    labels = dec_ids.masked_fill(decoded.attention_mask == 0, -100)
+    prompt_length = len(tokenizer(prompt).input_ids) - 1  # [DEC] + prompt words, without [SEP]
+    labels[:, :prompt_length] = -100
+    keys = [" ".join(t.lower().split()) for t in texts]
+    same = torch.tensor([[a == b for b in keys] for a in keys])
+    return TextBatch(plain.input_ids, enc_ids, plain.attention_mask, dec_ids, decoded.attention_mask, labels, same)
+
+
+def losses(model, pixel_values: torch.Tensor, text: TextBatch | QuestionBatch, objectives=OBJECTIVES,
+           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The named objectives' losses for one batch of (image, text) pairs, or of (image, question, answer)."""
+    image_states = model.vision_model(pixel_values=pixel_values)[0]
+    if isinstance(text, QuestionBatch):
+        return {"vqa": vqa_loss(model, image_states, text)}
+    out: dict[str, torch.Tensor] = {}
+    sim_i2t = None
+    if "itc" in objectives or "itm" in objectives:
+        sim_i2t = _itc_similarity(model, image_states, text)
+        if "itc" in objectives:
+            targets = text.same.float() / text.same.float().sum(1, keepdim=True)
+            out["itc"] = (torch.sum(-F.log_softmax(sim_i2t, 1) * targets, 1).mean()
+                          + torch.sum(-F.log_softmax(sim_i2t.t(), 1) * targets, 1).mean()) / 2
+    if "itm" in objectives:
+        out["itm"] = _itm_loss(model, image_states, text, sim_i2t.detach(), generator)
+    if "lm" in objectives:
+        logits = model.text_decoder(input_ids=text.dec_ids, attention_mask=text.dec_mask,
+                                    encoder_hidden_states=image_states, return_dict=True).logits
+        out["lm"] = _lm_loss(logits, text.labels)
+    return out
+
+
+def _itc_similarity(model, image_states: torch.Tensor, text: TextBatch) -> torch.Tensor:
+    with torch.no_grad():
+        model.temp.clamp_(0.001, 0.5)
+    image_feat = F.normalize(model.vision_proj(image_states[:, 0]), dim=-1)
+    text_states = model.text_encoder(input_ids=text.cls_ids, attention_mask=text.mask, return_dict=True)
+    text_feat = F.normalize(model.text_proj(text_states.last_hidden_state[:, 0]), dim=-1)
+    return image_feat @ text_feat.t() / model.temp
+
+
+def _itm_loss(model, image_states, text: TextBatch, sim_i2t, generator) -> torch.Tensor:
+    size = image_states.shape[0]
+    negative_text = _draw(sim_i2t, text.same, generator)  # per image, a text that is not its own
+    negative_image = _draw(sim_i2t.t(), text.same, generator)  # per text, an image that is not its own
+    ids = torch.cat([text.enc_ids, text.enc_ids, text.enc_ids[negative_text]])
+    mask = torch.cat([text.mask, text.mask, text.mask[negative_text]])
+    images = torch.cat([image_states, image_states[negative_image], image_states])
+    states = model.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=images,
+                                encoder_attention_mask=torch.ones(images.shape[:-1], dtype=torch.long, device=images.device),
+                                return_dict=True).last_hidden_state
+    logits = model.itm_head(states[:, 0])
+    labels = torch.cat([torch.ones(size, dtype=torch.long), torch.zeros(2 * size, dtype=torch.long)]).to(logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+def _draw(similarity: torch.Tensor, same: torch.Tensor, generator) -> torch.Tensor:
+    """Per row, a column drawn with probability softmax(similarity), never one whose text equals the row's nor one
+    that scores at least as high as the row's own pair (unless nothing else is left)."""
+    similarity = similarity.float()
+    weights = (torch.softmax(similarity, dim=1) + 1e-5).cpu()
+    same = same.cpu()
+    # Candidates ITC ranks at least as close as the true pair are most likely false negatives (another image with
+    # the same content, or the same caption in other words): drawing them would teach ITM that a match is not one.
+    closer = (similarity >= similarity.diagonal().unsqueeze(1) - FALSE_NEGATIVE_MARGIN).cpu()
+    drawn = weights.masked_fill(same | closer, 0.0)
+    empty = drawn.sum(1) == 0
+    drawn[empty] = weights[empty].masked_fill(same[empty], 0.0)  # only closer ones left: take one of them
+    alike = drawn.sum(1) == 0  # every text of the batch equals this one: any other column will do
+    if alike.any():
+        drawn[alike] = 1.0
+        if drawn.shape[1] > 1:
+            drawn[alike, torch.nonzero(alike).squeeze(1)] = 0.0
+    return torch.multinomial(drawn, 1, generator=generator).squeeze(1).to(similarity.device)
+
+
+
+@dataclass
+class QuestionBatch:
+    question_ids: torch.Tensor  # [ENC] + question
+    question_mask: torch.Tensor
+    answer_ids: torch.Tensor  # [DEC] + answer + [SEP]
+    answer_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def tokenize_questions(tokenizer, questions: list[str], answers: list[str]) -> QuestionBatch:
+    question = tokenizer(questions, padding="longest", truncation=True, max_length=QUESTION_MAX_LENGTH,
+                         return_tensors="pt")
+    question_ids = question.input_ids.clone()
+    question_ids[:, 0] = tokenizer.convert_tokens_to_ids("[ENC]")
+    answer = tokenizer(answers, padding="longest", truncation=True, max_length=QUESTION_MAX_LENGTH, return_tensors="pt")
+    answer_ids = answer.input_ids.clone()
+    answer_ids[:, 0] = tokenizer.convert_tokens_to_ids("[DEC]")
+    labels = answer_ids.masked_fill(answer.attention_mask == 0, -100)
+    return QuestionBatch(question_ids, question.attention_mask, answer_ids, answer.attention_mask, labels)
+
+
+def vqa_loss(model, image_states: torch.Tensor, batch: QuestionBatch) -> torch.Tensor:
+    """BLIP's VQA objective: [ENC] + question cross-attends to the image; the decoder generates the answer from
+    the question states ("[DEC] answer [SEP]", label smoothing 0.1), as models.answerer runs it."""
+    states = model.text_encoder(input_ids=batch.question_ids, attention_mask=batch.question_mask,
+                                encoder_hidden_states=image_states,
+                                encoder_attention_mask=torch.ones(image_states.shape[:-1], dtype=torch.long,
+                                                                   device=image_states.device),
+                                return_dict=True).last_hidden_state
+    logits = model.text_decoder(input_ids=batch.answer_ids, attention_mask=batch.answer_mask,
+                                encoder_hidden_states=states, encoder_attention_mask=batch.question_mask,
+                                return_dict=True).logits
+    return _lm_loss(logits, batch.labels)
+
+
+def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=-100, label_smoothing=LM_LABEL_SMOOTHING)

@@ -1,0 +1,61 @@
+"""REPORT.md of a bootstrapping loop, from its report.json."""
+from __future__ import annotations
+
+import statistics
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def render(report: dict) -> str:
+    s = report["settings"]
+    lines = ["# Bootstrapping on the shape world", "",
+             f"World seed {s['world_seed']} ({s['world_size']}), pre-training seeds {', '.join(map(str, s['seeds']))}, "
+             f"{s['pretrain_epochs']} pre-training epochs, {s['num_captions']} synthetic caption(s) per image, "
+             f"filter threshold {s['threshold']}.", ""]
+    f = report["filter"]
+    lines += ["## The filter on held-out web shards", "",
+              f"{f['samples']} samples; ROC AUC of p(match), clean vs noisy: **{_num(f['auc'])}**.", "",
+              "| web caption | samples | removed | kept |", "|---|---|---|---|"]
+    for kind, entry in f["kinds"].items():
+        removed = entry.get("removed")
+        kept = entry.get("kept")
+        lines.append(f"| {kind} | {entry['samples']} | {_pct(removed) if removed is not None else ''} | "
+                     f"{_pct(kept) if kept is not None else ''} |")
+    c = report["captions"]
+    lines += ["", "## Synthetic captions on held-out images", "",
+              f"{c['captions']} captions (nucleus sampling): **{_pct(c['correct'])} fully correct** (count, colour, "
+              f"shape and position); {c['kept']} kept by the filter, of which {_pct(c['kept_correct'])} correct.", "",
+              "| caption | truth | correct |", "|---|---|---|"]
+    lines += [f"| {_cell(e['caption'])} | {e['truth']} | {'yes' if e['correct'] else 'no'} |" for e in c["examples"]]
+    b = report["bootstrapped"]
+    lines += ["", "## Raw web data vs the bootstrapped dataset", "",
+              f"The bootstrapped dataset: {b['samples']} images with {b['captions']} kept captions (web and synthetic).",
+              "Each seed pre-trains one model on each dataset (same steps per epoch of images, same recipe).", "",
+              "| metric | raw (per seed) | bootstrapped (per seed) | raw mean | bootstrapped mean | bootstrapped better |",
+              "|---|---|---|---|---|---|"]
+    for name, entry in report["comparison"].items():
+        lines.append(f"| {name} | {', '.join(_num(v) for v in entry['raw'])} | "
+                     f"{', '.join(_num(v) for v in entry['boot'])} | {_num(entry['raw_mean'])} "
+                     f"(sd {_num(_sd(entry['raw']))}) | {_num(entry['boot_mean'])} (sd {_num(_sd(entry['boot']))}) | "
+                     f"{entry['boot_wins']}/{entry['seeds']} seeds |")
+    lines += ["", "## The fine-tuned models on the test suite", "", "| task | metric | value |", "|---|---|---|"]
+    for task, metrics in report["finetuned"].items():
+        for metric, value in metrics.items():
+            lines.append(f"| {task} | {metric} | {value if isinstance(value, str) else _num(value)} |")
+    lines += ["", "## Time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds} |" for stage, seconds in report["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _sd(values) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
