@@ -140,9 +140,13 @@ class Loop:
         if not exported["samples"]:
             raise ValueError(f"the filter kept no caption at threshold {s.threshold} ({web_run}): there is nothing to "
                              "pre-train on; train the filter longer or lower the threshold")
+        # The same number of steps as the raw models: the bootstrapped set holds fewer images when the filter drops
+        # every caption of some, and fewer steps would be a handicap unrelated to the data's quality.
+        raw_images = json.loads((self.path(f"raw-seed{s.seeds[0]}") / RECORD_FILE).read_text(encoding="utf-8"))["samples"]
+        boot_pretrain = {**pretrain, "epochs": s.pretrain_epochs * raw_images / exported["samples"]}
         for seed in s.seeds:
             self._train(f"boot-seed{seed}", data={"format": "webdataset", "shards": str(boot / "*.tar")}, seed=seed,
-                        **pretrain)
+                        **boot_pretrain)
 
         compared = {}
         for kind in ("raw", "boot"):

@@ -36,7 +36,8 @@ def render(report: dict) -> str:
     b = report["bootstrapped"]
     lines += ["", "## Raw web data vs the bootstrapped dataset", "",
               f"The bootstrapped dataset: {b['samples']} images with {b['captions']} kept captions (web and synthetic).",
-              "Each seed pre-trains one model on each dataset (same steps per epoch of images, same recipe).", "",
+              "Each seed pre-trains one model on each dataset with the same recipe and the same number of steps "
+              "(more epochs over the smaller bootstrapped set).", "",
               "| metric | raw (per seed) | bootstrapped (per seed) | raw mean | bootstrapped mean | bootstrapped better |",
               "|---|---|---|---|---|---|"]
     for name, entry in report["comparison"].items():
