@@ -30,6 +30,7 @@ from shapeworld import evidence
 from shapeworld.build import ensure_world
 from training.job import TrainJob
 from training.ray_train import RECORD_FILE, fit
+from training.report import render
 
 SUITE = SUITE_DIR / "shapeworld.yaml"
 COMPARED = {"shapes_caption": ["CIDEr", "BLEU-4"], "shapes_retrieval": ["i2t_r1", "t2i_r1"]}
@@ -167,8 +168,6 @@ class Loop:
             "seconds": {**s.stages, "total this invocation": round(time.time() - started, 1)},
         }
         (self.work / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        from training.report import render
-
         (self.work / "REPORT.md").write_text(render(report), encoding="utf-8")
         return report
 
