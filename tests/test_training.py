@@ -127,3 +127,19 @@ def test_losses_of_a_batch_are_finite(world, tokenizer):
 def test_bad_jobs_are_refused_before_any_work(tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
         TrainJob(output=str(tmp_path), epochs=1, **settings)
+
+
+def test_missing_data_is_one_error_line_before_ray_starts(tmp_path, capsys):
+    from jobs.train import main
+
+    code = main(["caption", "--annotations", str(tmp_path / "missing.json"), "--images", str(tmp_path),
+                 "--init", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert code == 2 and "holds no exported model" in capsys.readouterr().err
+    (tmp_path / "pre" / "caption").mkdir(parents=True)
+    (tmp_path / "pre" / "caption" / "config.json").write_text("{}")
+    code = main(["caption", "--annotations", str(tmp_path / "missing.json"), "--images", str(tmp_path),
+                 "--init", str(tmp_path / "pre"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "missing.json" in err
+    code = main(["pretrain", "--shards", str(tmp_path / "none-*.tar"), "--output", str(tmp_path / "out")])
+    assert code == 2 and "no files match" in capsys.readouterr().err

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import torch
 
+from evaluation.datasets import DatasetFormatError
+from evaluation.datasets.captions import read_coco_karpathy
+from evaluation.datasets.vqa import read_vqa
+from pipelines.sources import expand_shards
 from training import data as datasets
 from training.loop import TASK_OBJECTIVES, Recipe, train
 from training.model import BlipTrainee, world_config, world_tokenizer
@@ -49,7 +53,7 @@ class TrainJob:
         if (self.task == "vqa") != (form == "vqa"):
             raise ValueError("the vqa task trains on vqa data, and only it does")
         if self.task != "pretrain" and self.init is None:
-            raise ValueError(f"fine-tuning ({self.task}) starts from a pre-trained model: give init")
+            raise ValueError(f"fine-tuning ({self.task}) starts from a pre-trained model: give init (--init DIR)")
         if self.init is not None and not initial_roles(self.init):
             raise ValueError(f"{self.init!r} holds no exported model (caption/, retrieval/ or vqa/)")
 
@@ -67,6 +71,21 @@ def initial_roles(folder) -> dict[str, str]:
     decoder are the most trained when present)."""
     folder = Path(folder)
     return {task: str(folder / task) for task in ("retrieval", "caption", "vqa") if (folder / task / "config.json").is_file()}
+
+
+def check_data(job: TrainJob) -> None:
+    """Read the annotation files and list the shards before any worker starts, so a missing or malformed file is
+    one clear error (DatasetFormatError / LocationError) in the driver, not a worker's traceback."""
+    spec = job.data
+    if spec["format"] == "webdataset":
+        expand_shards(spec["shards"])
+        return
+    if not Path(spec["images"]).is_dir():
+        raise DatasetFormatError(spec["images"], "the image folder does not exist")
+    if spec["format"] == "coco_karpathy":
+        read_coco_karpathy(spec["annotations"], spec["images"])
+    else:
+        read_vqa(spec["questions"], spec["annotations"], image_dir=spec["images"])
 
 
 def load_data(job: TrainJob, image_size: int):

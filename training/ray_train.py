@@ -19,7 +19,7 @@ from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
 from pipelines.ray_runner import connect
-from training.job import TrainJob, run_worker
+from training.job import TrainJob, check_data, run_worker
 
 RECORD_FILE = "train.json"
 
@@ -44,6 +44,7 @@ def _worker(config: dict) -> None:
 
 def fit(job: TrainJob, log=print, use_gpu: bool | None = None) -> dict:
     """Run `job` on Ray Train and put its exported roles and train.json into job.output; returns the record."""
+    check_data(job)
     connect()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0))
