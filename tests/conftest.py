@@ -5,18 +5,16 @@ photographs from scikit-image. Roles used for exact comparisons run in fp32.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import skimage.data
 import torch
-from PIL import Image
 
 from models.answerer import Answerer
 from models.captioner import Captioner
 from models.loading import load_checkpoint
 from models.matcher import Matcher
+from tests import hostile
 
 # The tiny models are latency-bound: one intra-op thread is as fast as two on an idle machine and avoids the
 # 10-20x slowdown of OpenMP threads spinning against other processes (Ray workers, a parallel build) on 2 cores.
@@ -39,15 +37,7 @@ def astronaut() -> np.ndarray:
 @pytest.fixture(scope="session")
 def encode():
     """encode(image, format, **save_options) -> the bytes Pillow writes (image: PIL image or array)."""
-
-    def _encode(image, fmt: str = "PNG", **options) -> bytes:
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        buffer = io.BytesIO()
-        image.save(buffer, fmt, **options)
-        return buffer.getvalue()
-
-    return _encode
+    return hostile.encode
 
 
 def _role(cls, name: str, precision: str):

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -15,16 +13,7 @@ from PIL import Image
 from models.images import ImageError, decode_image, load_image
 from models.loading import load_checkpoint
 from models.matcher import Matcher
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares width x height RGB pixels, followed by a token IDAT: the shape of a bomb."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+from tests.hostile import png_header_only
 
 
 def error_type(call, *args, **kwargs) -> str:

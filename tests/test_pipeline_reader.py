@@ -1,34 +1,15 @@
 """The shard reader and CPU decode: every sample becomes exactly one row, hostile members never crash or unpickle."""
 from __future__ import annotations
 
-import io
-import pickle
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipelines.decode import decode_samples
 from pipelines.demo_data import jpeg_bytes, sample_members, write_tar
 from pipelines.reader import RawSample, ShardProblem, read_shard
+from tests.hostile import image_bytes, pickle_payload
 
 RNG = np.random.default_rng(0)
-
-
-def image_bytes(fmt: str = "JPEG", size=(40, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(RNG.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-class Boom:
-    """Unpickling this would create a file: proof that a pickle member was never loaded."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_samples_grouped_by_key_in_order(tmp_path):
@@ -44,7 +25,7 @@ def test_samples_grouped_by_key_in_order(tmp_path):
 def test_pickle_members_are_never_read(tmp_path):
     """.pyd / .pth members are skipped unread, so a hostile pickle cannot run."""
     victim = tmp_path / "pwned"
-    payload = pickle.dumps(Boom(str(victim)))
+    payload = pickle_payload(victim)
     shard = write_tar(tmp_path / "p.tar", [("k.jpg", image_bytes()), ("k.pyd", payload), ("k.pth", payload)])
     (sample,) = list(read_shard(str(shard)))
     assert set(sample.members) == {"jpg"} and not victim.exists()
