@@ -2,7 +2,7 @@
 # (Not named select.py: jobs/ is first on sys.path when run as a script, and would shadow the stdlib select module.)
 
     python jobs/curate.py summary OUT
-    python jobs/curate.py keep OUT --threshold 0.5 --source both --to keep.parquet
+    python jobs/curate.py keep OUT --threshold 0.5 --source both --to keep.parquet [--columns width,height]
     python jobs/curate.py export OUT --to bootstrapped/ --threshold 0.5 --source both
 
 Thresholds live here, in queries: changing one never re-runs a model.
@@ -37,12 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         if name != "summary":
             cmd.add_argument("--source", choices=SOURCES, default="both", help="which captions may be kept")
             cmd.add_argument("--to", required=name == "export", help="output file (keep: .parquet) or directory")
+        if name == "keep":
+            cmd.add_argument("--columns", default="", help="sample columns to add to each kept caption, "
+                                                           "comma-separated (e.g. web_caption,width,height)")
     args = p.parse_args(argv)
     try:
         if args.command == "summary":
             print_summary(args.run, args.threshold)
         elif args.command == "keep":
-            table = keep_list(open_run(args.run), args.threshold, args.source)
+            columns = [name.strip() for name in args.columns.split(",") if name.strip()]
+            table = keep_list(open_run(args.run), args.threshold, args.source, columns)
             if args.to:
                 pq.write_table(table, args.to)
                 print(f"{table.num_rows} kept captions -> {args.to}")

@@ -1,13 +1,17 @@
-"""Curator queries over a run with DuckDB: summaries and BLIP's keep-list. Thresholds are bound parameters."""
+"""Curator queries over a run with DuckDB: summaries and BLIP's keep-list. Thresholds are bound parameters;
+column names, which SQL cannot bind, are checked against the schema before they reach a query."""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import duckdb
 import pyarrow as pa
 
 from pipelines.writer import RunDir
-from schemas.capfilt import PARQUET_SUFFIX, SHARD_DIR
+from schemas.capfilt import COLUMN_NAMES, PARQUET_SUFFIX, SHARD_DIR
 
 SOURCES = ("web", "synthetic", "both")
+KEEP_COLUMNS = ("shard", "key", "url", "source", "rank", "text", "itm", "itc")
 
 
 def open_run(run: str) -> duckdb.DuckDBPyConnection:
@@ -36,16 +40,33 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def keep_list(con: duckdb.DuckDBPyConnection, threshold: float = 0.5, source: str = "both") -> pa.Table:
-    """BLIP's CapFilt choice: every caption (web and/or synthetic) whose ITM p(match) >= threshold, per image."""
+def check_columns(names: Sequence[str]) -> list[str]:
+    """Column names given by a user, each one a column of the output schema (schemas/capfilt.py), or ValueError."""
+    unknown = [name for name in names if name not in COLUMN_NAMES]
+    if unknown:
+        raise ValueError(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"the columns are: {', '.join(COLUMN_NAMES)}")
+    return list(names)
+
+
+def keep_list(con: duckdb.DuckDBPyConnection, threshold: float = 0.5, source: str = "both",
+              columns: Sequence[str] = ()) -> pa.Table:
+    """BLIP's CapFilt choice: every caption (web and/or synthetic) whose ITM p(match) >= threshold, per image.
+
+    `columns`: sample columns (schemas/capfilt.py) to carry beside each kept caption, such as width or web_caption.
+    """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+    extra = [name for name in dict.fromkeys(check_columns(columns)) if name not in KEEP_COLUMNS]
+    # Only schema names reach this point, and quoted as identifiers; an ok row's (shard, key) is unique.
+    select = ", ".join([f"c.{name}" for name in KEEP_COLUMNS] + [f's."{name}"' for name in extra])
+    join = "JOIN samples AS s ON s.shard = c.shard AND s.key = c.key AND s.status = 'ok'" if extra else ""
     return con.sql(
-        """SELECT shard, key, url, source, rank, text, itm, itc FROM captions
-           WHERE itm >= $threshold AND ($source = 'both' OR source = $source)
-           ORDER BY shard, key, source DESC, rank""",
+        f"""SELECT {select} FROM captions AS c {join}
+            WHERE c.itm >= $threshold AND ($source = 'both' OR c.source = $source)
+            ORDER BY c.shard, c.key, c.source DESC, c.rank""",
         params={"threshold": threshold, "source": source},
     ).to_arrow_table()
 
