@@ -18,7 +18,6 @@ from pipelines.sources import check_location
 from pipelines.writer import RunDir
 
 
-
 def export_dataset(run: str, destination: str, threshold: float = 0.5, source: str = "both", log=print) -> dict:
     """Write one tar per source shard that has kept samples; returns counts."""
     check_location(destination)
@@ -49,9 +48,9 @@ def export_dataset(run: str, destination: str, threshold: float = 0.5, source: s
 
 
 def _export_shard(url: str, captions: dict[str, list[dict]], formats: dict, shard_id: str, out: RunDir) -> int:
-    buffer = io.BytesIO()
+    """Stream the kept samples of one source shard into its tar: memory holds one sample, not the shard."""
     written = 0
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+    with out.open_atomic(out.path(f"{shard_id}.tar")) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
         for sample in read_shard(url):
             if not hasattr(sample, "key") or sample.key not in captions or sample.problem is not None:
                 continue
@@ -69,7 +68,6 @@ def _export_shard(url: str, captions: dict[str, list[dict]], formats: dict, shar
                 info.size, info.mtime = len(data), 0
                 tar.addfile(info, io.BytesIO(data))
             written += 1
-    out.write_bytes(out.path(f"{shard_id}.tar"), buffer.getvalue())
     return written
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import fsspec
 import pyarrow as pa
@@ -40,18 +42,32 @@ class RunDir:
         names = (p.rsplit("/", 1)[-1] for p in self.fs.ls(directory, detail=False))
         return {n[: -len(MARKER_SUFFIX)] for n in names if n.endswith(MARKER_SUFFIX)}
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write atomically: to a temporary sibling, then rename (a single upload on object stores)."""
+    @contextmanager
+    def open_atomic(self, path: str) -> Iterator:
+        """A file to write as you go, whose content appears at `path` only when the block ends without error:
+        a temporary sibling renamed into place, or on object stores an upload published when it completes and
+        discarded on error."""
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         if not self.local:
-            with self.fs.open(path, "wb") as handle:
-                handle.write(data)
+            # fsspec's transaction commits the upload on success and discards it on error (a plain `with open`
+            # would complete the upload of a half-written file when the block raises).
+            with self.fs.transaction, self.fs.open(path, "wb") as handle:
+                yield handle
             return
         tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open(tmp, "wb") as handle:
-            handle.write(data)
+        try:
+            with self.fs.open(tmp, "wb") as handle:
+                yield handle
+        except BaseException:
+            self.fs.rm(tmp)
+            raise
         self.fs.mv(tmp, path)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write atomically (see open_atomic)."""
+        with self.open_atomic(path) as handle:
+            handle.write(data)
 
     def read_json(self, path: str) -> dict | None:
         if not self.fs.exists(path):
