@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from PIL import Image, ImageFile
 
 # Pillow's own limit (about 89.5 Mpx) only *warns* between 1x and 2x; capfilt refuses anything above it.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# How the formats of pipelines.reader.IMAGE_EXTENSIONS begin (WebP: RIFF, a length, WEBP): bytes that start like one
+# but cannot be read are a damaged image, not some other file.
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
 class ImageError(ValueError):
@@ -24,22 +28,23 @@ class ImageError(ValueError):
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode image bytes to an RGB image, or raise ImageError with a specific error_type.
 
-    The pixel count is checked from the header before any pixel is decoded, so a decompression
-    bomb costs no memory. Animated images yield their first frame.
+    The pixel count is checked against max_pixels from the header before any pixel is decoded, so a decompression
+    bomb costs no memory; that limit applies above Pillow's own MAX_IMAGE_PIXELS too (see _open). Animated images
+    yield their first frame.
     """
     if not data:
         raise ImageError("empty_image", "the image file is zero bytes")
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half a picture
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = _open(data)
+    except Image.DecompressionBombError as exc:  # a format's own check, above 2x Pillow's limit (WebP, MPO)
         raise ImageError("decompression_bomb", f"image header declares too many pixels: {exc}") from None
     except Image.UnidentifiedImageError:
+        if _is_webp(data) or data.startswith(SIGNATURES):
+            raise ImageError(_damage(data), "the file starts like an image but its header cannot be read") from None
         raise ImageError("not_an_image", "the bytes are not in any image format Pillow can read") from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse a header is a corrupt image
-        raise ImageError("corrupt_image", f"cannot read image header: {exc}") from None
+        raise ImageError(_damage(data, exc), f"cannot read image header: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError("decompression_bomb", f"{width}x{height} pixels is above the limit of {max_pixels}")
@@ -49,12 +54,47 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency notices; handled in to_rgb
             image.load()
-    except OSError as exc:
-        kind = "truncated_image" if "truncated" in str(exc).lower() else "corrupt_image"
-        raise ImageError(kind, f"cannot decode image data: {exc}") from None
+    except Image.DecompressionBombError as exc:  # a format's own check while decoding (TIFF tiles)
+        raise ImageError("decompression_bomb", f"image declares too many pixels: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - decoder bugs on hostile data must not escape as crashes
-        raise ImageError("corrupt_image", f"cannot decode image data: {exc}") from None
+        raise ImageError(_damage(data, exc), f"cannot decode image data: {exc}") from None
     return to_rgb(image)
+
+
+def _open(data: bytes) -> Image.Image:
+    """Image.open, with decode_image's limit the one that applies instead of Pillow's global MAX_IMAGE_PIXELS.
+
+    Pillow warns between 1x and 2x its limit (ignored: the caller checks the size) and refuses above 2x before the
+    size can be seen; then the header is parsed again by the format's own plugin, in Image.open's order, without
+    Pillow's check. MAX_IMAGE_PIXELS is never changed, so other threads keep Pillow's limit; the formats that check
+    again in their own plugins (WebP and MPO headers, TIFF tiles) still stop at 2x Pillow's limit.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        Image.init()
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            try:
+                if accept is None or accept(data[:16]) is True:
+                    return factory(io.BytesIO(data), "")
+            except (SyntaxError, IndexError, TypeError, struct.error):  # not this format: what Image.open skips too
+                continue
+        raise
+
+
+def _is_webp(data: bytes) -> bool:
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def _damage(data: bytes, exc: Exception | None = None) -> str:
+    """truncated_image when the decoder says so or the file is shorter than it says it is (a WebP records its
+    length in its RIFF header; libwebp refuses a cut file at its header without saying why), else corrupt_image."""
+    if _is_webp(data) and len(data) < 8 + int.from_bytes(data[4:8], "little"):
+        return "truncated_image"
+    return "truncated_image" if exc is not None and "truncated" in str(exc).lower() else "corrupt_image"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -31,16 +31,33 @@ def test_zero_bytes_is_empty_image():
 
 
 def test_random_bytes_are_not_an_image():
-    """Bytes in no image format are `not_an_image`."""
+    """Bytes in no image format are `not_an_image`, also when they start like a RIFF file that is not a WebP."""
     noise = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
     assert error_type(decode_image, noise) == "not_an_image"
+    assert error_type(decode_image, b"RIFF\x10\x00\x00\x00WAVE" + noise) == "not_an_image"
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_truncated_file_is_truncated_image(encode, astronaut, fmt):
-    """A file cut in the middle of its pixel data is `truncated_image`, never half a picture."""
+    """A file cut in the middle of its pixel data is `truncated_image`, never half a picture (a WebP's RIFF
+    header records its length: libwebp refuses the cut file at its header, the length tells why)."""
     data = encode(astronaut, fmt)
     assert error_type(decode_image, data[: len(data) // 2]) == "truncated_image"
+
+
+def test_webp_cut_after_its_header_is_truncated_and_damaged_in_place_is_corrupt(encode):
+    """A WebP cut just after RIFF/length/WEBP is `truncated_image`; one of full length whose frame header is
+    zeroed is `corrupt_image`."""
+    data = encode(Image.new("RGB", (16, 16), (0, 128, 255)), "WEBP")
+    assert error_type(decode_image, data[:12]) == "truncated_image"
+    assert error_type(decode_image, data[:20] + bytes(20) + data[40:]) == "corrupt_image"
+
+
+def test_png_with_a_damaged_header_chunk_is_corrupt_image(encode):
+    """A PNG whose IHDR checksum is wrong starts with the PNG signature: `corrupt_image`, not `not_an_image`."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (0, 128, 255)), "PNG"))
+    data[29] ^= 0xFF  # the IHDR CRC: 8 bytes of signature, 8 of chunk length and type, 13 of IHDR data
+    assert error_type(decode_image, bytes(data)) == "corrupt_image"
 
 
 @pytest.mark.parametrize("max_pixels", [100, 150, 199])  # 2x, 1.33x and just above the limit
@@ -49,6 +66,19 @@ def test_more_pixels_than_max_pixels_is_decompression_bomb(encode, max_pixels):
     data = encode(Image.new("RGB", (20, 10)), "PNG")
     assert error_type(decode_image, data, max_pixels=max_pixels) == "decompression_bomb"
     assert decode_image(data, max_pixels=200).size == (20, 10)
+
+
+@pytest.mark.parametrize("size", [(15, 10), (30, 10)])  # 1.5x (Pillow warns) and 3x (Pillow refuses) its limit
+def test_max_pixels_above_pillows_limit_is_the_limit(monkeypatch, encode, size):
+    """Pillow's MAX_IMAGE_PIXELS (lowered to 100 here, to keep the images tiny) does not override max_pixels:
+    a solid PNG above it decodes when max_pixels allows its size, and is `decompression_bomb` at Pillow's value.
+    Pillow's global limit is left as it was."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    data = encode(Image.new("RGB", size, (0, 128, 255)), "PNG")
+    image = decode_image(data, max_pixels=1000)
+    assert image.size == size and np.asarray(image)[0, 0].tolist() == [0, 128, 255]
+    assert error_type(decode_image, data, max_pixels=100) == "decompression_bomb"
+    assert Image.MAX_IMAGE_PIXELS == 100
 
 
 @pytest.mark.parametrize("side", [10_000, 20_000])  # 1.1x (Pillow only warns) and 4.5x Pillow's own limit

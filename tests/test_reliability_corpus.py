@@ -68,6 +68,7 @@ def images() -> dict[str, bytes]:
         "corrupt-jpeg": overwrite(jpeg, len(jpeg) // 2, b"\xff" * 16),  # junk inside the entropy-coded data
         "corrupt-png": overwrite(png, len(png) // 2, b"\xff" * 16),  # junk inside the zlib stream
         "corrupt-webp": overwrite(webp, 20, bytes(20)),  # VP8 frame header zeroed
+        "corrupt-png-header": overwrite(png, 29, bytes(4)),  # IHDR's CRC zeroed: Pillow cannot identify the file
         "zero-byte": b"",
         "not-an-image": np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
         # Pillow's MAX_IMAGE_PIXELS only warns between 1x and 2x its value; capfilt refuses both, from the header.
@@ -91,10 +92,11 @@ EXPECTED: list[tuple[str, str | None, str, str | None]] = [
     ("images", "good-png", OK, None),
     ("images", "truncated-jpeg", ERROR, "truncated_image"),
     ("images", "truncated-png", ERROR, "truncated_image"),
-    ("images", "truncated-webp", ERROR, "corrupt_image"),  # libwebp refuses a cut file at its header
+    ("images", "truncated-webp", ERROR, "truncated_image"),  # shorter than its RIFF header says
     ("images", "corrupt-jpeg", ERROR, "corrupt_image"),
     ("images", "corrupt-png", ERROR, "corrupt_image"),
     ("images", "corrupt-webp", ERROR, "corrupt_image"),
+    ("images", "corrupt-png-header", ERROR, "corrupt_image"),  # the PNG signature is there: not `not_an_image`
     ("images", "zero-byte", ERROR, "empty_image"),
     ("images", "not-an-image", ERROR, "not_an_image"),
     ("images", "bomb-1_1x", ERROR, "decompression_bomb"),
@@ -146,8 +148,9 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     image = images()
     for name, kinds in [("images", [("good-jpeg", "jpg"), ("good-png", "png"), ("truncated-jpeg", "jpg"),
                                     ("truncated-png", "png"), ("truncated-webp", "webp"), ("corrupt-jpeg", "jpg"),
-                                    ("corrupt-png", "png"), ("corrupt-webp", "webp"), ("zero-byte", "jpg"),
-                                    ("not-an-image", "jpg"), ("bomb-1_1x", "png"), ("bomb-4_5x", "png")]),
+                                    ("corrupt-png", "png"), ("corrupt-webp", "webp"), ("corrupt-png-header", "png"),
+                                    ("zero-byte", "jpg"), ("not-an-image", "jpg"), ("bomb-1_1x", "png"),
+                                    ("bomb-4_5x", "png")]),
                         ("unusual", [("cmyk", "jpg"), ("palette-transparent", "png"), ("gray-16bit", "png"),
                                      ("animated-gif", "gif"), ("one-pixel", "png"), ("tall-1x2000", "png"),
                                      ("png-named-jpg", "jpg")])]:
@@ -207,7 +210,7 @@ def test_adversarial_corpus(cluster, corpus, tmp_path):
     rows = rows_of(out)
     got = Counter((r["shard"], r["key"], r["status"], r["error_type"]) for r in rows)
     assert got == Counter(EXPECTED)
-    assert (SAMPLE_ROWS, SHARD_ROWS) == (39, 3) and len(rows) == SAMPLE_ROWS + SHARD_ROWS
+    assert (SAMPLE_ROWS, SHARD_ROWS) == (40, 3) and len(rows) == SAMPLE_ROWS + SHARD_ROWS
     assert not sentinel.exists(), "a pickle member was loaded"
 
     by_key = {(r["shard"], r["key"]): r for r in rows if r["error_type"] != "duplicate_key"}
