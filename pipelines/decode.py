@@ -26,6 +26,14 @@ def error_row(shard: str, key: str | None, error_type: str, message: str) -> dic
     return row
 
 
+def undecoded_row(shard: str, sample: RawSample, error_type: str, message: str) -> dict:
+    """The error row of a sample whose image is not decoded: its metadata and caption are still read."""
+    row = new_row(shard, sample.key)
+    _read_metadata(row, sample.members)
+    _fail(row, error_type, message)
+    return row
+
+
 def decode_samples(shard: str, samples: Sequence[RawSample], sizes: Sequence[int],
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """{'rows': one dict per sample, 'ok': indices of decoded rows, 'images': {size: uint8 (n_ok, S, S, 3)},

@@ -19,7 +19,7 @@ from ray.exceptions import RayActorError, RayError
 from models.device import DeviceError
 from models.loading import ModelLoadError, resolve
 from pipelines.assemble import shard_stats, shard_table
-from pipelines.batches import problem_batch, shard_batches
+from pipelines.batches import problem_batch, sample_error_row, shard_batches
 from pipelines.config import CapFiltConfig, check_compatible, run_record
 from pipelines.decode import error_row
 from pipelines.sources import Shard, check_location, expand_shards
@@ -60,12 +60,19 @@ def connect(num_cpus: int | None = None) -> None:
 
 
 @ray.remote(num_cpus=1, _generator_backpressure_num_objects=2)
-def decode_shard(shard_id: str, url: str, sizes: list[int], batch_size: int, max_pixels: int | None):
+def decode_shard(shard_id: str, url: str, sizes: list[int], batch_size: int, max_pixels: int | None,
+                 skip: int = 0, single: int = 0):
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     try:
-        yield from shard_batches(shard_id, url, sizes, batch_size, **kwargs)
+        yield from shard_batches(shard_id, url, sizes, batch_size, skip=skip, single=single, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a bug on hostile data ends the shard as an error row, not the job
         yield problem_batch(shard_id, sizes, "decode_failed", f"{type(exc).__name__}: {exc}")
+
+
+@ray.remote(num_cpus=0)
+def crashed_sample(shard_id: str, url: str, index: int, message: str) -> dict:
+    """The `worker_crashed` row of the sample whose decoding killed its process, its image left undecoded."""
+    return sample_error_row(shard_id, url, index, "worker_crashed", message)
 
 
 @ray.remote(num_cpus=0)
@@ -109,12 +116,20 @@ class Work:
 @dataclass
 class ShardState:
     shard: Shard
-    generator: object
+    generator: object = None  # the current decode task's stream of batches
     started: float = field(default_factory=time.time)
     batches: int = 0
     reading: bool = True
     outstanding: int = 0
     rows: dict = field(default_factory=dict)  # (seq, position) -> row
+    skip: int = 0  # samples the current decode task passes over: delivered by (or lost with) tasks that died
+    single: int = 0  # samples after those that it delivers one per batch
+    task_batches: int = 0  # batches read from it
+
+    def delivered(self, batch_size: int) -> int:
+        """The number of the shard's first sample that the current decode task has not delivered."""
+        singles = min(self.task_batches, self.single)
+        return self.skip + singles + (self.task_batches - singles) * batch_size
 
 
 def plan_resources(cpus: float, gpus: int, n_actors: int) -> dict:
@@ -193,7 +208,7 @@ class _Scheduler:
     def __init__(self, actors, info, config: CapFiltConfig, out: RunDir, log, total: int, already: int,
                  decode_cpus: float = 1.0):
         self.actors, self.info, self.config, self.out, self.log = actors, info, config, out, log
-        self.decode = decode_shard.options(num_cpus=decode_cpus)
+        self.decode_cpus = decode_cpus
         self.load = {i: 0 for i in range(len(actors))}
         self.crashes = {i: 0 for i in range(len(actors))}  # crashes seen per actor
         self.down: dict[int, float] = {}  # crashed actor -> when its crash was seen; no work goes to it
@@ -237,9 +252,20 @@ class _Scheduler:
                  f"scored, {(self.samples + pending) / elapsed:.1f}/s, {self.errors} errors in committed shards")
 
     def _start(self, shard: Shard) -> None:
-        generator = self.decode.remote(shard.id, shard.url, self.info["image_sizes"], self.config.batch_size,
-                                        self.config.max_pixels)
-        self.active[shard.id] = ShardState(shard, generator)
+        self.active[shard.id] = state = ShardState(shard)
+        self._decode(state)
+
+    def _decode(self, state: ShardState, skip: int = 0, single: int = 0) -> None:
+        """Start the shard's decode task. Ray retries it when its process dies (3 times), decoding again from its first
+        sample. A task isolating samples (`single`) is tried MAX_TRIES times, like a sample alone on a model actor, and
+        decodes a sample only once the driver has read the one before (so the sample it dies on is the next one)."""
+        options = {"num_cpus": self.decode_cpus}
+        if single:
+            options.update(max_retries=MAX_TRIES - 1, _generator_backpressure_num_objects=1)
+        state.generator = decode_shard.options(**options).remote(
+            state.shard.id, state.shard.url, self.info["image_sizes"], self.config.batch_size, self.config.max_pixels,
+            skip, single)
+        state.skip, state.single, state.task_batches = skip, single, 0
 
     def _read_next(self, generator) -> None:
         state = next(s for s in self.active.values() if s.generator is generator)
@@ -249,9 +275,35 @@ class _Scheduler:
             state.reading = False
             self._maybe_commit(state)
             return
+        if ref == generator.completed():  # not a batch: the task's error, after Ray's own retries
+            self._decode_crashed(state, ref)
+            return
         self.waiting.append(Work(state.shard.id, state.batches, ref))
         state.batches += 1
+        state.task_batches += 1
         state.outstanding += 1
+
+    def _decode_crashed(self, state: ShardState, failed: ray.ObjectRef) -> None:
+        """The decode task's process died on each of its attempts. Its batches are kept, and a new task decodes from
+        the first sample it did not deliver, the next batch's worth one sample per batch: when that task dies while
+        decoding one sample alone, that sample becomes a `worker_crashed` row and decoding resumes after it."""
+        try:
+            ray.get(failed)
+            reason = "the decode task ended without its batches"
+        except RayError as exc:
+            reason = _reason(exc)
+        at = state.delivered(self.config.batch_size)
+        if at < state.skip + state.single:
+            message = f"the process decoding its image died on every attempt: {reason}"
+            try:
+                row = ray.get(crashed_sample.remote(state.shard.id, state.shard.url, at, message))
+            except RayError as exc:
+                row = error_row(state.shard.id, None, "worker_crashed", f"sample {at}: {message} ({_reason(exc)})")
+            state.rows[(state.batches, 0)] = row
+            state.batches += 1
+            at += 1
+        self.log(f"{state.shard.id}: a decode process died ({reason}); decoding resumes at sample {at}")
+        self._decode(state, skip=at, single=self.config.batch_size)
 
     def _dispatch(self) -> None:
         while self.waiting:
