@@ -38,7 +38,6 @@ def wait_for(condition, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.slow
 def test_node_of_the_model_actor_dies_mid_job(tmp_path, monkeypatch):
     """Head (GCS and driver, no CPUs) + node A (the only CPUs when the actor is placed, so the actor lands there).
     Node B joins once the actor is up; node A is killed after the first commit. The job ends normally, every input
