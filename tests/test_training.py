@@ -143,3 +143,19 @@ def test_missing_data_is_one_error_line_before_ray_starts(tmp_path, capsys):
     assert code == 2 and err.startswith("error:") and "missing.json" in err
     code = main(["pretrain", "--shards", str(tmp_path / "none-*.tar"), "--output", str(tmp_path / "out")])
     assert code == 2 and "no files match" in capsys.readouterr().err
+
+
+def test_paths_are_made_absolute_before_the_job_leaves_the_caller(tmp_path, monkeypatch):
+    """Ray Train runs the worker in a folder of its own: relative paths from the command line must be resolved in
+    the caller's directory first (a relative --init once failed inside the worker)."""
+    (tmp_path / "pre" / "retrieval").mkdir(parents=True)
+    (tmp_path / "pre" / "retrieval" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    job = TrainJob(task="filter", data={"format": "coco_karpathy", "annotations": "w/train.json", "images": "w/img"},
+                   output="out", epochs=1, init="pre").absolute()
+    assert job.init == str(tmp_path / "pre") and job.output == str(tmp_path / "out")
+    assert job.data == {"format": "coco_karpathy", "annotations": str(tmp_path / "w/train.json"),
+                        "images": str(tmp_path / "w/img")}
+    shards = TrainJob(task="pretrain", data={"format": "webdataset", "shards": "web/*.tar s3://b/{0..3}.tar"},
+                      output="out", epochs=1).absolute().data["shards"]
+    assert shards == f"{tmp_path}/web/*.tar s3://b/{{0..3}}.tar"

@@ -6,6 +6,8 @@ from which weights (a fresh seeded model, or the roles a previous job exported),
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +58,19 @@ class TrainJob:
             raise ValueError(f"fine-tuning ({self.task}) starts from a pre-trained model: give init (--init DIR)")
         if self.init is not None and not initial_roles(self.init):
             raise ValueError(f"{self.init!r} holds no exported model (caption/, retrieval/ or vqa/)")
+
+    def absolute(self) -> TrainJob:
+        """This job with every local path made absolute: Ray Train runs the worker in a folder of its own, where a
+        path relative to the caller's directory would name nothing."""
+        def local(path: str) -> str:
+            return path if "://" in path else os.path.abspath(path)
+
+        data = {key: local(value) if key in DATA_FORMATS[self.data["format"]] else value
+                for key, value in self.data.items()}
+        if "shards" in data:  # a space-separated list, as jobs/capfilt.py takes
+            data["shards"] = " ".join(local(part) for part in self.data["shards"].split())
+        return dataclasses.replace(self, data=data, output=local(self.output),
+                                   init=None if self.init is None else local(self.init))
 
     def recipe(self, device: str = "cpu") -> Recipe:
         bf16 = self.precision == "bf16" or (self.precision == "auto" and device.startswith("cuda"))

@@ -44,6 +44,7 @@ def _worker(config: dict) -> None:
 
 def fit(job: TrainJob, log=print, use_gpu: bool | None = None) -> dict:
     """Run `job` on Ray Train and put its exported roles and train.json into job.output; returns the record."""
+    job = job.absolute()
     check_data(job)
     connect()
     cpus = int(ray.cluster_resources().get("CPU", 1))
