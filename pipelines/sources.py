@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -13,6 +14,9 @@ from braceexpand import braceexpand
 # Protocols capfilt reads and writes. Everything else (pipe:, ssh, chained 'a::b' URLs) is refused before I/O.
 ALLOWED_PROTOCOLS = {"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "memory"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Where a deployment lets capfilt read and write: os.pathsep-separated local folders and URL prefixes
+# (e.g. "/data:s3://corpus/laion/"). Unset: anywhere the protocol allows.
+ROOTS_VARIABLE = "CAPFILT_ALLOWED_ROOTS"
 
 
 class LocationError(ValueError):
@@ -26,7 +30,8 @@ class Shard:
 
 
 def check_location(location: str) -> str:
-    """Refuse protocol chaining and protocols outside ALLOWED_PROTOCOLS; return the protocol."""
+    """Refuse protocol chaining, protocols outside ALLOWED_PROTOCOLS and, when CAPFILT_ALLOWED_ROOTS is set,
+    locations outside those roots (`..` resolved, and for local paths symbolic links too); return the protocol."""
     if "::" in location:
         raise LocationError(f"{location!r}: chained fsspec URLs ('a::b') are not accepted")
     protocol = location.split("://", 1)[0].lower() if "://" in location else "file"
@@ -34,7 +39,41 @@ def check_location(location: str) -> str:
         raise LocationError(f"{location!r}: URL scheme without '//' (such as pipe:) is not accepted")
     if protocol not in ALLOWED_PROTOCOLS:
         raise LocationError(f"{location!r}: protocol {protocol!r} is not accepted (use one of {sorted(ALLOWED_PROTOCOLS)})")
+    check_within_roots(location)
     return protocol
+
+
+def allowed_roots() -> list[str]:
+    """CAPFILT_ALLOWED_ROOTS as canonical roots (local folders resolved, URL prefixes normalised); [] when unset."""
+    value = os.environ.get(ROOTS_VARIABLE, "")
+    # os.pathsep is ':' on POSIX, which URLs contain: split, then glue "s3" + "//bucket/..." back together.
+    parts, roots = value.split(os.pathsep), []
+    while parts:
+        part = parts.pop(0).strip()
+        if part and parts and parts[0].startswith("//") and "/" not in part:
+            part = f"{part}:{parts.pop(0).strip()}"
+        if part:
+            roots.append(_canonical(part))
+    return roots
+
+
+def check_within_roots(location: str) -> None:
+    """Raise LocationError when CAPFILT_ALLOWED_ROOTS is set and `location` is not inside one of its roots."""
+    roots = allowed_roots()
+    if not roots:
+        return
+    where = _canonical(location)
+    if not any(where == root or where.startswith(root.rstrip("/") + "/") for root in roots):
+        raise LocationError(f"{location!r} is outside the allowed roots ({ROOTS_VARIABLE}={os.environ[ROOTS_VARIABLE]!r})")
+
+
+def _canonical(location: str) -> str:
+    """A local path made absolute with `..` and symbolic links resolved; a URL with its path's `..` resolved."""
+    if "://" in location and not location.lower().startswith(("file://", "local://")):
+        protocol, path = location.split("://", 1)
+        return f"{protocol.lower()}://{posixpath.normpath('/' + path).lstrip('/')}"
+    path = location.split("://", 1)[1] if "://" in location else location
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def _is_windows_drive(location: str) -> bool:
@@ -66,12 +105,12 @@ def _expand_one(item: str) -> list[str]:
             found = sorted(globlib.glob(path))
             if not found:
                 raise LocationError(f"no files match {item!r}")
-            return found
+            return _inside(found)
         if os.path.isdir(path):
             found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(TAR_SUFFIXES))
             if not found:
                 raise LocationError(f"directory {item!r} holds no .tar shards")
-            return found
+            return _inside(found)
         if not os.path.exists(path):
             raise LocationError(f"no such shard: {item!r}")
         return [path]
@@ -82,6 +121,13 @@ def _expand_one(item: str) -> list[str]:
             raise LocationError(f"no files match {item!r}")
         return [fs.unstrip_protocol(p) for p in found]
     return [item]
+
+
+def _inside(paths: list[str]) -> list[str]:
+    """The files a glob or directory listing found, each checked against the roots (a link may lead outside)."""
+    for path in paths:
+        check_within_roots(path)
+    return paths
 
 
 def _stem(url: str) -> str:

@@ -1,6 +1,8 @@
 """Input expansion and location checks: every spelling of a shard list resolves the same; unsafe URLs are refused."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pipelines.sources import LocationError, check_location, expand_shards
@@ -51,3 +53,27 @@ def test_remote_urls_pass_through():
     """An object-store URL is kept as given (its listing happens only for globs)."""
     (shard,) = expand_shards("s3://bucket/laion/00042.tar")
     assert shard.id == "00042" and shard.url == "s3://bucket/laion/00042.tar"
+
+
+def test_locations_outside_the_allowed_roots_are_refused(tmp_path, monkeypatch):
+    """With CAPFILT_ALLOWED_ROOTS set, inputs and outputs must lie inside a root: `..`, absolute paths elsewhere,
+    symbolic links leading out and other buckets are refused before anything is read."""
+    inside, outside = tmp_path / "data", tmp_path / "secret"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "00000.tar").write_bytes(b"")
+    (outside / "00001.tar").write_bytes(b"")
+    (inside / "link.tar").symlink_to(outside / "00001.tar")
+    monkeypatch.setenv("CAPFILT_ALLOWED_ROOTS", f"{inside}{os.pathsep}s3://corpus/laion/")
+
+    assert [s.id for s in expand_shards(str(inside / "00000.tar"))] == ["00000"]
+    check_location(str(inside / "run" / "out"))  # an output that does not exist yet
+    check_location("s3://corpus/laion/00042.tar")
+    for location in [str(outside / "00001.tar"), f"{inside}/../secret/00001.tar", str(inside / "link.tar"),
+                     "s3://corpus/laion/../private/0.tar", "s3://corpus/laion-copy/0.tar", "gs://corpus/laion/0.tar"]:
+        with pytest.raises(LocationError, match="outside the allowed roots"):
+            check_location(location)
+    with pytest.raises(LocationError, match="outside the allowed roots"):
+        expand_shards(f"{inside}/*.tar")  # the listing holds the link: found, then refused before it is read
+    monkeypatch.delenv("CAPFILT_ALLOWED_ROOTS")
+    check_location(str(outside / "00001.tar"))  # unset: anywhere the protocol allows
