@@ -66,7 +66,7 @@ def build_tokenizer(vocab: list[str] | None = None) -> BertTokenizer:
 SIZES = {
     "tiny": dict(hidden=32, layers=2, heads=4, ffn=64, image_size=32, patch=8, vocab=None, proj=16, positions=64),
     # "small": the shape world's trained models (training/): a few MB of weights, trained on a CPU in minutes.
-    "small": dict(hidden=128, layers=3, heads=4, ffn=512, image_size=64, patch=8, vocab=None, proj=64, positions=64),
+    "small": dict(hidden=128, layers=3, heads=4, ffn=512, image_size=96, patch=16, vocab=None, proj=64, positions=64),
     "base": dict(hidden=768, layers=12, heads=12, ffn=3072, image_size=384, patch=16, vocab=30524, proj=256,
                  positions=512),
 }

@@ -26,7 +26,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 COUNTS = {1: "one", 2: "two", 3: "three"}
 POSITIONS = ("left", "right", "top", "bottom")
 
-MIN_SIDE, MAX_SIDE = 16, 28  # object side at IMAGE_SIZE; scaled for other sizes
+MIN_SIDE, MAX_SIDE = 24, 36  # object side at IMAGE_SIZE (a quarter to over a third of it); scaled for other sizes
 EDGE = 2  # pixels kept free along the image border
 GAP = 3  # pixels kept free between two things
 MIN_BACKGROUND_DISTANCE = 100.0  # RGB distance between the background base colour and every object colour
