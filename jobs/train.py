@@ -55,6 +55,9 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="initial weights (pretrain) and data order")
     p.add_argument("--size", default="small", help="model shape for pretrain (models/tiny.py SIZES)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--false-negative-margin", type=float,
+                   help="ITM hard negatives: skip candidates whose ITC cosine similarity comes within this of the "
+                        "true pair's (default 0.15 for filter, 0 otherwise)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: the worker's CPUs)")
     return p.parse_args(argv)
 
@@ -68,7 +71,8 @@ def job_from_args(args) -> TrainJob:
         data = {"format": "coco_karpathy", "annotations": args.annotations, "images": args.images}
     return TrainJob(task=args.task, data=data, output=args.output, epochs=args.epochs or DEFAULT_EPOCHS[args.task],
                     init=args.init, seed=args.seed, batch_size=args.batch_size, lr=args.lr or DEFAULT_LR[args.task],
-                    size=args.size, workers=args.workers, threads=args.threads)
+                    size=args.size, workers=args.workers, threads=args.threads,
+                    false_negative_margin=args.false_negative_margin)
 
 
 def main(argv=None) -> int:

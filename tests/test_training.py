@@ -1,6 +1,8 @@
 """Training: each BLIP objective lowers its loss, exports load as the roles, jobs are checked before they run."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from models.matcher import Matcher
 from shapeworld.build import ensure_world
 from training.data import load_captions, load_questions, load_shards, pixel_values
 from training.job import TrainJob
+from training.loop import FALSE_NEGATIVE_MARGIN
 from training.model import BlipTrainee, world_config, world_tokenizer
 from training.objectives import _draw, losses, tokenize, tokenize_questions
 
@@ -91,6 +94,31 @@ def test_hard_negatives_are_never_the_pair_itself_nor_an_equal_text():
         assert all(not same[row, col] for row, col in enumerate(drawn.tolist()))
         assert all(similarity[row, col] < similarity[row, row] or same[row].all()
                    for row, col in enumerate(drawn.tolist()) if (similarity[row] < similarity[row, row]).any())
+
+
+def test_hard_negatives_within_the_margin_of_the_pair_are_not_drawn():
+    similarity = torch.tensor([[1.0, 0.9, 0.5, 0.2],
+                               [0.1, 1.0, 0.2, 0.95],
+                               [0.3, 0.4, 1.0, 0.5],
+                               [0.2, 0.1, 0.3, 1.0]]) / 0.07  # ITC logits: cosine over the temperature
+    same = torch.eye(4, dtype=torch.bool)
+    drawn = {tuple(_draw(similarity, same, torch.Generator().manual_seed(seed), margin=0.15 / 0.07).tolist())
+             for seed in range(50)}
+    assert all(row[0] != 1 and row[1] != 3 for row in drawn)  # within 0.15 of their pair: likely false negatives
+    without = {tuple(_draw(similarity, same, torch.Generator().manual_seed(seed)).tolist()) for seed in range(50)}
+    assert any(row[0] == 1 for row in without)  # with no margin, the closest candidate is the likeliest draw
+
+
+def test_filter_fine_tuning_takes_the_false_negative_margin_by_default(tmp_path, world, tokenizer):
+    fresh(tokenizer).export("retrieval", tmp_path / "retrieval", tokenizer)
+    clean = {"format": "coco_karpathy", "annotations": str(world / "clean/annotations/train.json"),
+             "images": str(world / "clean/images")}
+    job = TrainJob(task="filter", data=clean, output="out", epochs=1, init=str(tmp_path), seed=0)
+    assert job.recipe().false_negative_margin == FALSE_NEGATIVE_MARGIN["filter"] > 0
+    assert TrainJob(task="pretrain", data={"format": "webdataset", "shards": "x.tar"}, output="o",
+                    epochs=1).recipe().false_negative_margin == 0
+    with pytest.raises(ValueError, match="false_negative_margin"):
+        dataclasses.replace(job, false_negative_margin=3.0).recipe()
 
 
 def test_export_round_trip_runs_as_the_roles(tmp_path, world, tokenizer):

@@ -19,7 +19,7 @@ from evaluation.datasets.captions import read_coco_karpathy
 from evaluation.datasets.vqa import read_vqa
 from pipelines.sources import expand_shards
 from training import data as datasets
-from training.loop import TASK_OBJECTIVES, Recipe, train
+from training.loop import FALSE_NEGATIVE_MARGIN, TASK_OBJECTIVES, Recipe, train
 from training.model import BlipTrainee, world_config, world_tokenizer
 
 EXPORTS = {"pretrain": ("caption", "retrieval"), "caption": ("caption",), "filter": ("retrieval",), "vqa": ("vqa",)}
@@ -41,6 +41,7 @@ class TrainJob:
     workers: int = 1
     threads: int | None = None
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    false_negative_margin: float | None = None  # None: training.loop.FALSE_NEGATIVE_MARGIN for the task
     recipe_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -74,8 +75,10 @@ class TrainJob:
 
     def recipe(self, device: str = "cpu") -> Recipe:
         bf16 = self.precision == "bf16" or (self.precision == "auto" and device.startswith("cuda"))
+        margin = self.false_negative_margin
+        margin = FALSE_NEGATIVE_MARGIN.get(self.task, 0.0) if margin is None else margin
         return Recipe(TASK_OBJECTIVES[self.task], self.epochs, self.batch_size, self.lr, seed=self.seed, bf16=bf16,
-                      **self.recipe_overrides)
+                      false_negative_margin=margin, **self.recipe_overrides)
 
     def describe(self) -> dict:
         return asdict(self)

@@ -5,7 +5,8 @@ a learned temperature; ITM classifies [ENC] + text cross-attending to the image,
 negative text per image and one negative image per text drawn from the ITC similarities (hard negatives); LM is
 the image-grounded decoder's next-token loss with label smoothing 0.1 on "[DEC] a picture of <caption> [SEP]",
 the prompt tokens masked out. Texts that are equal count as positives of each other in ITC and are never drawn
-as ITM negatives (in a web corpus different images often carry the same caption).
+as ITM negatives (in a web corpus different images often carry the same caption). Nor is a candidate ITC ranks
+above the true pair, or within `margin` (cosine) of it: most such are the same content in other words.
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from models.captioner import PROMPT
 LM_LABEL_SMOOTHING = 0.1  # BLIP's decoder loss
 TEXT_MAX_LENGTH = 35  # BLIP's text length for ITC / ITM (and for captions here)
 OBJECTIVES = ("itc", "itm", "lm")
-QUESTION_MAX_LENGTH = 35
-FALSE_NEGATIVE_MARGIN = 0.0  # ITC logits: hard negatives must score below the true pair by this much  # as models.answerer encodes questions
+QUESTION_MAX_LENGTH = 35  # as models.answerer encodes questions
 
 
 @dataclass
@@ -58,8 +58,10 @@ def tokenize(tokenizer, texts: list[str], prompt: str = PROMPT) -> TextBatch:
 
 
 def losses(model, pixel_values: torch.Tensor, text: TextBatch | QuestionBatch, objectives=OBJECTIVES,
-           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """The named objectives' losses for one batch of (image, text) pairs, or of (image, question, answer)."""
+           generator: torch.Generator | None = None, margin: float = 0.0) -> dict[str, torch.Tensor]:
+    """The named objectives' losses for one batch of (image, text) pairs, or of (image, question, answer).
+    `margin` (cosine similarity): ITM never draws as a hard negative a candidate whose ITC similarity comes within
+    `margin` of the true pair's, as it is likely a false negative (see _draw)."""
     image_states = model.vision_model(pixel_values=pixel_values)[0]
     if isinstance(text, QuestionBatch):
         return {"vqa": vqa_loss(model, image_states, text)}
@@ -72,7 +74,7 @@ def losses(model, pixel_values: torch.Tensor, text: TextBatch | QuestionBatch, o
             out["itc"] = (torch.sum(-F.log_softmax(sim_i2t, 1) * targets, 1).mean()
                           + torch.sum(-F.log_softmax(sim_i2t.t(), 1) * targets, 1).mean()) / 2
     if "itm" in objectives:
-        out["itm"] = _itm_loss(model, image_states, text, sim_i2t.detach(), generator)
+        out["itm"] = _itm_loss(model, image_states, text, sim_i2t.detach(), generator, margin / model.temp.item())
     if "lm" in objectives:
         logits = model.text_decoder(input_ids=text.dec_ids, attention_mask=text.dec_mask,
                                     encoder_hidden_states=image_states, return_dict=True).logits
@@ -89,10 +91,10 @@ def _itc_similarity(model, image_states: torch.Tensor, text: TextBatch) -> torch
     return image_feat @ text_feat.t() / model.temp
 
 
-def _itm_loss(model, image_states, text: TextBatch, sim_i2t, generator) -> torch.Tensor:
+def _itm_loss(model, image_states, text: TextBatch, sim_i2t, generator, margin: float) -> torch.Tensor:
     size = image_states.shape[0]
-    negative_text = _draw(sim_i2t, text.same, generator)  # per image, a text that is not its own
-    negative_image = _draw(sim_i2t.t(), text.same, generator)  # per text, an image that is not its own
+    negative_text = _draw(sim_i2t, text.same, generator, margin)  # per image, a text that is not its own
+    negative_image = _draw(sim_i2t.t(), text.same, generator, margin)  # per text, an image that is not its own
     ids = torch.cat([text.enc_ids, text.enc_ids, text.enc_ids[negative_text]])
     mask = torch.cat([text.mask, text.mask, text.mask[negative_text]])
     images = torch.cat([image_states, image_states[negative_image], image_states])
@@ -104,15 +106,16 @@ def _itm_loss(model, image_states, text: TextBatch, sim_i2t, generator) -> torch
     return F.cross_entropy(logits, labels)
 
 
-def _draw(similarity: torch.Tensor, same: torch.Tensor, generator) -> torch.Tensor:
+def _draw(similarity: torch.Tensor, same: torch.Tensor, generator, margin: float = 0.0) -> torch.Tensor:
     """Per row, a column drawn with probability softmax(similarity), never one whose text equals the row's nor one
-    that scores at least as high as the row's own pair (unless nothing else is left)."""
+    that scores higher than the row's own pair less `margin` (same units as `similarity`), unless nothing else is
+    left."""
     similarity = similarity.float()
     weights = (torch.softmax(similarity, dim=1) + 1e-5).cpu()
     same = same.cpu()
-    # Candidates ITC ranks at least as close as the true pair are most likely false negatives (another image with
+    # Candidates ITC ranks (nearly) as close as the true pair are most likely false negatives (another image with
     # the same content, or the same caption in other words): drawing them would teach ITM that a match is not one.
-    closer = (similarity >= similarity.diagonal().unsqueeze(1) - FALSE_NEGATIVE_MARGIN).cpu()
+    closer = (similarity >= similarity.diagonal().unsqueeze(1) - margin).cpu()
     drawn = weights.masked_fill(same | closer, 0.0)
     empty = drawn.sum(1) == 0
     drawn[empty] = weights[empty].masked_fill(same[empty], 0.0)  # only closer ones left: take one of them
