@@ -3,9 +3,10 @@ r"""The bootstrapping loop of BLIP on the shape world, end to end, with a report
     python jobs/bootstrap.py --workdir runs/bootstrap            # the full loop (see training/bootstrap.py)
     python jobs/bootstrap.py --workdir runs/quick --quick        # a reduced loop: small world, tiny models, 1 seed
 
-Builds the world, pre-trains on the noisy web shards, fine-tunes a captioner, a filter and a VQA model on the clean
-set, runs CapFilt over the web shards and exports the bootstrapped dataset, pre-trains again on it, evaluates, and
-writes WORKDIR/REPORT.md and WORKDIR/report.json. Stages already done in WORKDIR are skipped (re-run to resume).
+Builds the world, pre-trains a base model on the noisy web shards, fine-tunes a captioner, a filter and a VQA model
+from it on the clean set, runs CapFilt over the web shards and exports the bootstrapped dataset, pre-trains fresh
+models on the raw and on the bootstrapped data (one each per seed), evaluates, and writes WORKDIR/REPORT.md and
+WORKDIR/report.json. Stages already done in WORKDIR are skipped (re-run to resume).
 `--ship` then copies the fine-tuned models into models/checkpoints/ (the zoo's shapes_* names).
 Exit codes: 0 done, 2 a usage or data problem (one `error:` line).
 """
@@ -25,7 +26,7 @@ from pipelines.sources import LocationError  # noqa: E402
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 # The reduced loop checks the machinery, not quality: tiny models trained for seconds score near chance, so its
 # filter threshold sits under ITM's prior (1/3 of the pairs it is trained on match) to leave captions to export.
-QUICK = dict(world_size="small", seeds=(0,), model_size="tiny", pretrain_epochs=2, caption_epochs=2, filter_epochs=2,
+QUICK = dict(world_size="small", seeds=(0,), model_size="tiny", base_epochs=2, pretrain_epochs=2, caption_epochs=2, filter_epochs=2,
              vqa_epochs=1, batch_size=16, eval_limit=20, threshold=0.2)
 
 
@@ -35,7 +36,8 @@ def parse_args(argv):
     p.add_argument("--workdir", required=True, help="folder for the world, the models, the runs and the report")
     p.add_argument("--seeds", help="comma-separated pre-training seeds (default 0,1,2)")
     p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--pretrain-epochs", type=float)
+    p.add_argument("--base-epochs", type=float, help="pre-training of the base model that bootstraps (default 60)")
+    p.add_argument("--pretrain-epochs", type=float, help="pre-training of each compared model (default 4)")
     p.add_argument("--quick", action="store_true", help="a reduced loop in a few minutes (what CI runs)")
     p.add_argument("--ship", action="store_true", help="copy the fine-tuned models to models/checkpoints/")
     return p.parse_args(argv)
@@ -52,8 +54,9 @@ def main(argv=None) -> int:
         except ValueError:
             print(f"error: --seeds takes comma-separated integers, got {args.seeds!r}", file=sys.stderr)
             return 2
-    if args.pretrain_epochs:
-        settings["pretrain_epochs"] = args.pretrain_epochs
+    for name in ("base_epochs", "pretrain_epochs"):
+        if getattr(args, name):
+            settings[name] = getattr(args, name)
     loop = Loop(LoopSettings(workdir=args.workdir, world_seed=args.world_seed, **settings))
     try:
         loop.run()

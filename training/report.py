@@ -16,7 +16,8 @@ def render(report: dict) -> str:
     s = report["settings"]
     lines = ["# Bootstrapping on the shape world", "",
              f"World seed {s['world_seed']} ({s['world_size']}), pre-training seeds {', '.join(map(str, s['seeds']))}, "
-             f"{s['pretrain_epochs']} pre-training epochs, {s['num_captions']} synthetic caption(s) per image, "
+             f"base model {s.get('base_epochs', s['pretrain_epochs'])} pre-training epochs, compared models "
+             f"{s['pretrain_epochs']}, batch {s['batch_size']}, {s['num_captions']} synthetic caption(s) per image, "
              f"filter threshold {s['threshold']}.", ""]
     f = report["filter"]
     lines += ["## The filter on held-out web shards", "",
