@@ -4,7 +4,9 @@
         --captioner blip-base_3rdparty_caption --filter blip-base_3rdparty_retrieval --num-captions 5
 
 Runs on an embedded local Ray, or on the cluster named by RAY_ADDRESS (`ray job submit --working-dir . -- python
-jobs/capfilt.py ...`). Re-running the same command resumes; `--demo` builds a small corpus and runs on it.
+jobs/capfilt.py ...`). Re-running the same command resumes. `--demo` writes shape-world web shards whose noisy captions are known, runs
+CapFilt on them with the shipped shape-world models (shapes_caption, shapes_retrieval) and prints what the filter
+removed, per kind of noise, against the truth.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from pipelines.sources import LocationError  # noqa: E402
 from pipelines.stage import Sampling  # noqa: E402
 
 USER_ERRORS = (ModelLoadError, DeviceError, LocationError, RunConflict, ValueError)
+DEFAULT_MODELS = {"captioner": "tiny-random_caption", "filter": "tiny-random_retrieval"}
+DEMO_MODELS = {"captioner": "shapes_caption", "filter": "shapes_retrieval"}  # trained on the shape world, shipped
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,8 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="shards: path, directory, glob, brace range or fsspec URL (space-separated list ok)")
     p.add_argument("--output", help="run directory (local path or fsspec URL)")
-    p.add_argument("--captioner", default="tiny-random_caption", help="zoo name, hub repo id or local directory")
-    p.add_argument("--filter", default="tiny-random_retrieval", help="zoo name, hub repo id or local directory")
+    p.add_argument("--captioner", help="zoo name, hub repo id or local directory (default tiny-random_caption; "
+                                         "with --demo, shapes_caption)")
+    p.add_argument("--filter", help="zoo name, hub repo id or local directory (default tiny-random_retrieval; "
+                                     "with --demo, shapes_retrieval)")
     p.add_argument("--num-captions", type=int, default=defaults.num_captions, help="synthetic captions per image")
     p.add_argument("--seed", type=int, default=defaults.seed, help="captions depend on (seed, shard, key) only")
     p.add_argument("--top-p", type=float, default=defaults.top_p)
@@ -46,10 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-threads", type=int, help="torch threads per CPU model actor")
     p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default Pillow's limit)")
     p.add_argument("--overwrite", action="store_true", help="replace a run made with other settings")
-    p.add_argument("--demo", action="store_true", help="build demo shards from scikit-image photographs and run on them")
+    p.add_argument("--demo", action="store_true", help="write shape-world demo shards and run on them (see above)")
     args = p.parse_args(argv)
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are required (or --demo)")
+    defaults = DEMO_MODELS if args.demo else DEFAULT_MODELS
+    args.captioner = args.captioner or defaults["captioner"]
+    args.filter = args.filter or defaults["filter"]
     return args
 
 
@@ -66,14 +75,14 @@ def config_from(args: argparse.Namespace) -> CapFiltConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.demo:
-        from pipelines.demo_data import build_demo_shards
+        from shapeworld.demo import build_demo_shards
 
         workdir = Path(args.output or "demo-out")
-        shards = build_demo_shards(workdir / "shards")
+        shards = build_demo_shards(workdir / "shards", seed=args.seed)
         args.input = " ".join(str(p) for p in shards)
         args.output = str(workdir / "run")
         args.overwrite = True
-        print(f"demo: {len(shards)} shards of scikit-image photographs in {workdir / 'shards'}")
+        print(f"demo: {len(shards)} shards of shape-world scenes with web-like captions in {workdir / 'shards'}")
     submitted = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))  # set by `ray job submit` for the entrypoint
     if submitted and "://" not in args.output and not os.path.isabs(args.output):
         print("error: under `ray job submit` the working directory is a temporary copy that Ray deletes; "
@@ -88,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.demo:
         from pipelines.select import print_summary
+        from shapeworld.demo import report
 
-        print_summary(args.output)
+        print_summary(args.output, examples=0)
+        report(args.output, Path(args.output).parent / "shards")
         if "tiny-random" in args.captioner + args.filter:
-            print("(the tiny models have random weights: their captions and scores are noise; pass real checkpoints "
-                  "with --captioner / --filter, see `python -m models list`)")
+            print("(the tiny models have random weights: their captions and scores are noise)")
     return 0
 
 

@@ -17,7 +17,7 @@ from schemas.capfilt import SHARD_DIR
 from shapeworld.captions import parse
 
 
-def _connect(run, truth) -> duckdb.DuckDBPyConnection:
+def connect(run, truth) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.read_parquet(str(Path(run) / SHARD_DIR / "*.parquet")).create_view("samples")
     con.read_parquet(str(truth)).create_view("truth")
@@ -26,7 +26,7 @@ def _connect(run, truth) -> duckdb.DuckDBPyConnection:
 
 def filter_quality(run, truth, threshold: float = 0.5) -> dict:
     """{'kinds': {kind: {'samples', 'removed' or 'kept'}}, 'auc', 'samples', 'unmatched'} for the web captions."""
-    con = _connect(run, truth)
+    con = connect(run, truth)
     rows = con.execute("""
         SELECT t.noise, s.web_itm, s.status
         FROM truth t LEFT JOIN samples s ON s.shard = t.shard AND s.key = t.key""").fetchall()
@@ -69,7 +69,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 def caption_quality(run, truth, threshold: float = 0.5) -> dict:
     """Synthetic captions that are fully correct (count, colour, shape and position), all and kept by the filter."""
-    con = _connect(run, truth)
+    con = connect(run, truth)
     rows = con.execute("""
         SELECT t.shape, t.color, t.count, t.position, c.text, c.itm
         FROM truth t JOIN (SELECT shard, key, unnest(synthetic, recursive := true) FROM samples) c

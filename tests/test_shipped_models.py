@@ -1,0 +1,92 @@
+"""The shape-world models shipped in models/checkpoints, judged on shape-world data generated here, never seen in
+training, through the user's entry points: the CapFilt job (`--demo`) and the evaluation suite.
+
+The floors sit below what the shipped models measured on this data (RESULTS.md, "Shipped models"), so that a worse
+checkpoint fails. They are not all issue 5's targets (90% of each noise kind removed, 90% of clean captions kept):
+the filter removes 90% of every kind except wrong count and wrong shape, and keeps about 73% of the clean ones."""
+from __future__ import annotations
+
+import pytest
+
+from models.loading import load_checkpoint
+from shapeworld import evidence
+from shapeworld.web import TRUTH_FILE
+
+ray = pytest.importorskip("ray")
+
+SEED = 20261122  # the training world is seed 0; the demo draws from a stream no part of a world uses
+SHARDS, PER_SHARD = 2, 250
+# Measured on this data (2 x 250 samples, seed SEED): removed 100% of empty / file-name / spam / wrong-colour /
+# wrong-position captions, 79% of wrong-count, 76% of wrong-shape; 73% of clean kept; ROC AUC 0.93; 56% of
+# synthetic captions fully correct. The suite on a small fresh world: CIDEr 556, R@1 90 / 85, VQA 65.
+REMOVED = {"empty": 0.95, "filename": 0.95, "spam": 0.95, "wrong_color": 0.95,
+           "wrong_count": 0.65, "wrong_position": 0.8, "wrong_shape": 0.6}  # share of each noise kind removed
+KEPT = 0.6  # share of the clean web captions kept (p(match) >= 0.5)
+AUC = 0.88
+CAPTIONS_CORRECT = 0.45  # nucleus-sampled synthetic captions right in count, colour, shape and position
+CIDER, RETRIEVAL_R1, VQA_ACCURACY = 400, 70, 55  # the suite on a small fresh world (30 images, 60 questions)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`jobs/capfilt.py --demo` with the shipped models, on 2 x 250 fresh samples, in this process."""
+    from jobs.capfilt import main
+    from shapeworld import demo
+
+    out = tmp_path_factory.mktemp("demo")
+    original = demo.build_demo_shards
+    demo.build_demo_shards = lambda folder, seed: original(folder, seed, shards=SHARDS, per_shard=PER_SHARD)
+    try:
+        assert main(["--demo", "--output", str(out), "--seed", str(SEED), "--num-captions", "2"]) == 0
+    finally:
+        demo.build_demo_shards = original
+        ray.shutdown()
+    return out / "run", out / "shards" / TRUTH_FILE
+
+
+def test_shipped_models_load_from_the_zoo():
+    for name, task in (("shapes_caption", "caption"), ("shapes_retrieval", "retrieval"), ("shapes_vqa", "vqa")):
+        checkpoint = load_checkpoint(name, task=task)
+        assert checkpoint.fingerprint.startswith("sha256:") and checkpoint.image_size == 96
+
+
+def test_filter_removes_noise_and_keeps_clean_captions(demo_run):
+    run, truth = demo_run
+    quality = evidence.filter_quality(run, truth, threshold=0.5)
+    assert quality["samples"] == SHARDS * PER_SHARD
+    kinds = quality["kinds"]
+    assert set(kinds) == {"clean", *REMOVED}
+    assert kinds["clean"]["kept"] >= KEPT, kinds
+    for kind, floor in REMOVED.items():
+        assert kinds[kind]["removed"] >= floor, (kind, kinds)
+    assert quality["auc"] >= AUC, quality["auc"]
+
+
+def test_synthetic_captions_are_mostly_right(demo_run):
+    run, truth = demo_run
+    captions = evidence.caption_quality(run, truth, threshold=0.5)
+    assert captions["captions"] == 2 * SHARDS * PER_SHARD
+    assert captions["correct"] >= CAPTIONS_CORRECT, captions
+    assert captions["kept_correct"] >= captions["correct"], captions  # the filter prefers the right ones
+
+
+@pytest.fixture(scope="module")
+def suite_scores(tmp_path_factory):
+    """The shapeworld suite (caption, retrieval, VQA) on a small world built here with a seed training never saw."""
+    from evaluation.runner import Options, run_suite
+    from evaluation.suite import SUITE_DIR, load_suite
+    from shapeworld.build import build_world
+
+    world = build_world(tmp_path_factory.mktemp("world") / "w", seed=SEED, size="small")
+    suite = load_suite(SUITE_DIR / "shapeworld.yaml", variables={"WORLD": str(world)},
+                       tasks=["shapes_caption", "shapes_retrieval", "shapes_vqa"])
+    result = run_suite(suite, Options(tmp_path_factory.mktemp("evals")), log=lambda line: None)
+    ray.shutdown()
+    return {(row["task"], row["metric"]): row["value"] for row in result.rows if row["status"] == "ok"}
+
+
+def test_suite_scores_on_a_fresh_world(suite_scores):
+    assert suite_scores[("shapes_caption", "CIDEr")] >= CIDER, suite_scores
+    assert suite_scores[("shapes_retrieval", "i2t_r1")] >= RETRIEVAL_R1, suite_scores
+    assert suite_scores[("shapes_retrieval", "t2i_r1")] >= RETRIEVAL_R1, suite_scores
+    assert suite_scores[("shapes_vqa", "accuracy")] >= VQA_ACCURACY, suite_scores
