@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapeworld.scenes import (COLORS, COUNTS, IMAGE_SIZE, POSITIONS, SHAPES, combinations, positions_of, render,
-                               sample_mixed_scene, sample_scene)
+from shapeworld.scenes import (COLORS, COUNTS, IMAGE_SIZE, MAX_SIDE, MIN_SIDE, POSITIONS, SHAPES, combinations,
+                               positions_of, render, sample_mixed_scene, sample_scene)
 
 
 def _inside_half(box, position, size):
@@ -36,7 +36,7 @@ def test_group_scenes_hold_identical_things_inside_the_named_half_only(size):
         sides = {(t.box[2] - t.box[0], t.box[3] - t.box[1]) for t in scene.things}
         assert len(sides) == 1  # identical things
         (w, h), = sides
-        assert w == h and 4 <= w <= round(28 * size / IMAGE_SIZE)
+        assert w == h and 4 <= w <= round(MAX_SIDE * size / IMAGE_SIZE)
         for n, thing in enumerate(scene.things):
             assert (thing.shape, thing.color) == (scene.shape, scene.color)
             x0, y0, x1, y1 = thing.box
@@ -49,10 +49,10 @@ def test_group_scenes_hold_identical_things_inside_the_named_half_only(size):
         assert positions_of(scene.things, size) == {scene.position}
 
 
-def test_object_sides_span_16_to_28_pixels_and_three_things_fit():
+def test_object_sides_span_min_to_max_side_and_three_things_fit():
     rng = np.random.default_rng(1)
     sides = [s.things[0].box[2] - s.things[0].box[0] for s in (sample_scene(rng) for _ in range(400))]
-    assert min(sides) >= 12 and max(sides) == 28 and np.mean(sides) > 19
+    assert min(sides) >= MIN_SIDE - 12 and max(sides) == MAX_SIDE and np.mean(sides) > (MIN_SIDE + MAX_SIDE) / 2 - 6
     three = [sample_scene(rng, ("square", "red", 3, p)) for p in POSITIONS for _ in range(20)]
     assert all(len(s.things) == 3 for s in three)
 

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import pickle
 import time
+from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
@@ -64,11 +65,13 @@ def test_list_models_filters_by_task():
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_zoo_entry_resolves(name):
-    """Every zoo entry resolves to a random-weight seed (tiny or base size), a hub repo id (org/name) or an
-    unavailable note, with its task."""
+    """Every zoo entry resolves to a random-weight seed (tiny or base size), a hub repo id (org/name), a checkpoint
+    shipped in models/checkpoints, or an unavailable note, with its task."""
     spec = resolve(name)
     assert spec.name == name and spec.task and spec.family in ("blip", "blip2")
-    assert spec.kind in ("tiny", "random", "hub", "unavailable")
+    assert spec.kind in ("tiny", "random", "hub", "dir", "unavailable")
+    if spec.kind == "dir":
+        assert (Path(spec.location) / "config.json").is_file() and "models/checkpoints" in spec.location
     if spec.kind == "hub":
         assert spec.location.count("/") == 1
     if spec.kind in ("tiny", "random"):
