@@ -4,9 +4,9 @@
         --captioner blip-base_3rdparty_caption --filter blip-base_3rdparty_retrieval --num-captions 5
 
 Runs on an embedded local Ray, or on the cluster named by RAY_ADDRESS (`ray job submit --working-dir . -- python
-jobs/capfilt.py ...`). Re-running the same command resumes. `--demo` writes shape-world web shards whose noisy captions are known, runs
-CapFilt on them with the shipped shape-world models (shapes_caption, shapes_retrieval) and prints what the filter
-removed, per kind of noise, against the truth.
+jobs/capfilt.py ...`). Re-running the same command resumes. `--demo` writes shape-world web shards whose noisy
+captions are known, runs CapFilt on them with the shipped shape-world models (shapes_caption, shapes_retrieval)
+and prints what the filter removed, per kind of noise, against the truth.
 """
 from __future__ import annotations
 

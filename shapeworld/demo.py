@@ -13,7 +13,6 @@ from shapeworld.captions import parse
 from shapeworld.web import TRUTH_FILE, write_web
 
 STREAM = 9  # a draw of its own: none of the world's parts (shapeworld/build.py STREAMS) sees these scenes
-MODELS = {"captioner": "shapes_caption", "filter": "shapes_retrieval"}
 
 
 def build_demo_shards(folder: Path, seed: int = 0, shards: int = 2, per_shard: int = 40) -> list[Path]:

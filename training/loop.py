@@ -50,7 +50,8 @@ class Recipe:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
         if not 0 <= self.false_negative_margin <= 2:
-            raise ValueError(f"false_negative_margin is a cosine similarity gap in [0, 2], got {self.false_negative_margin}")
+            raise ValueError("false_negative_margin is a cosine similarity gap in [0, 2], "
+                             f"got {self.false_negative_margin}")
 
     def describe(self) -> dict:
         return asdict(self)
@@ -118,4 +119,5 @@ def _step_losses(model, tokenizer, data, batch, recipe: Recipe, rng, generator, 
         text = tokenize_questions(tokenizer, [data.questions[i] for i in batch], answers)
     else:
         text = tokenize(tokenizer, [data.texts[i][rng.integers(len(data.texts[i]))] for i in batch])
-    return model(pixels, to_device(text, device), recipe.objectives, generator, recipe.false_negative_margin)  # through forward, so a DDP wrapper syncs gradients
+    # through forward, so a DDP wrapper syncs gradients
+    return model(pixels, to_device(text, device), recipe.objectives, generator, recipe.false_negative_margin)
