@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from evaluation.datasets import DatasetFormatError
+from models.device import resolve_precision
 from evaluation.datasets.captions import read_coco_karpathy
 from evaluation.datasets.vqa import read_vqa
 from pipelines.sources import expand_shards
@@ -40,7 +41,7 @@ class TrainJob:
     size: str = "small"
     workers: int = 1
     threads: int | None = None
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # models.device.resolve_precision: bf16 autocast on CUDA and on CPUs with native bf16
     false_negative_margin: float | None = None  # None: training.loop.FALSE_NEGATIVE_MARGIN for the task
     recipe_overrides: dict = field(default_factory=dict)
 
@@ -74,7 +75,7 @@ class TrainJob:
                                    init=None if self.init is None else local(self.init))
 
     def recipe(self, device: str = "cpu") -> Recipe:
-        bf16 = self.precision == "bf16" or (self.precision == "auto" and device.startswith("cuda"))
+        bf16 = resolve_precision(self.precision, torch.device(device)) == "bf16"
         margin = self.false_negative_margin
         margin = FALSE_NEGATIVE_MARGIN.get(self.task, 0.0) if margin is None else margin
         return Recipe(TASK_OBJECTIVES[self.task], self.epochs, self.batch_size, self.lr, seed=self.seed, bf16=bf16,
