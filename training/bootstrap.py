@@ -44,10 +44,10 @@ class LoopSettings:
     world_size: str = "default"
     seeds: tuple[int, ...] = (0, 1, 2)
     model_size: str = "small"  # models/tiny.py SIZES
-    base_epochs: float = 60  # the model the captioner, filter and VQA model are fine-tuned from: shape and position
-    # need thousands of steps (RESULTS.md); fine-tuned beam captions were 14% fully correct at 10 epochs (batch 32),
-    # 54% at 30, 68% at 60
-    pretrain_epochs: float = 4  # each raw and bootstrapped model of the comparison (same steps for both)
+    base_epochs: float = 15  # the model the captioner, filter and VQA model are fine-tuned from: 3,750 steps over
+    # the default world's 16,000 web images. Shape and position need thousands of steps, and many images: over 4,000
+    # images 60 epochs over-fitted them (RESULTS.md)
+    pretrain_epochs: float = 1  # each raw and bootstrapped model of the comparison (same steps for both)
     caption_epochs: float = 10  # fine-tuning runs over the clean set (400 images): longer over-fits it
     filter_epochs: float = 15
     vqa_epochs: float = 6
