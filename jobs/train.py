@@ -58,6 +58,8 @@ def parse_args(argv):
     p.add_argument("--false-negative-margin", type=float,
                    help="ITM hard negatives: skip candidates whose ITC cosine similarity comes within this of the "
                         "true pair's (default 0.15 for filter, 0 otherwise)")
+    p.add_argument("--tie-text", action="store_true",
+                   help="pretrain: share the text encoder's layers but self-attention with the decoder, as BLIP does")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: the worker's CPUs)")
     return p.parse_args(argv)
 
@@ -72,7 +74,7 @@ def job_from_args(args) -> TrainJob:
     return TrainJob(task=args.task, data=data, output=args.output, epochs=args.epochs or DEFAULT_EPOCHS[args.task],
                     init=args.init, seed=args.seed, batch_size=args.batch_size, lr=args.lr or DEFAULT_LR[args.task],
                     size=args.size, workers=args.workers, threads=args.threads,
-                    false_negative_margin=args.false_negative_margin)
+                    false_negative_margin=args.false_negative_margin, tie_text=args.tie_text)
 
 
 def main(argv=None) -> int:

@@ -188,3 +188,26 @@ def test_paths_are_made_absolute_before_the_job_leaves_the_caller(tmp_path, monk
     shards = TrainJob(task="pretrain", data={"format": "webdataset", "shards": "web/*.tar s3://b/{0..3}.tar"},
                       output="out", epochs=1).absolute().data["shards"]
     assert shards == f"{tmp_path}/web/*.tar s3://b/{{0..3}}.tar"
+
+
+def test_a_tied_trainee_shares_encoder_and_decoder_but_self_attention(tmp_path, tokenizer):
+    """BLIP's pre-training tie: one set of cross-attention and feed-forward weights, trained by ITM and LM alike; the
+    exported captioner and filter still carry them each in full."""
+    trainee = BlipTrainee.create(world_config(tokenizer, "tiny"), seed=0, tie=True)
+    encoder, decoder = trainee.text_encoder, trainee.text_decoder.bert
+    assert trainee.text_decoder.cls.predictions.decoder.weight is encoder.embeddings.word_embeddings.weight
+    assert decoder.embeddings is encoder.embeddings
+    for enc, dec in zip(encoder.encoder.layer, decoder.encoder.layer):
+        assert dec.crossattention is enc.crossattention and dec.intermediate is enc.intermediate
+        assert dec.output is enc.output and dec.attention is not enc.attention
+    step = torch.optim.SGD(trainee.parameters(), lr=0.1)
+    pixels = torch.randn(2, 3, 32, 32)
+    loss = trainee(pixels, tokenize(tokenizer, ["a red circle", "two blue squares"]), ("lm",))["lm"]
+    loss.backward()
+    step.step()  # the LM loss alone moves the encoder's cross-attention
+    caption = trainee.export("caption", tmp_path / "caption", tokenizer)
+    retrieval = trainee.export("retrieval", tmp_path / "retrieval", tokenizer)
+    loaded, _ = BlipTrainee.from_checkpoints({"retrieval": str(retrieval), "caption": str(caption)})
+    for name, value in trainee.state_dict().items():
+        if name != "temp":
+            assert torch.equal(value, loaded.state_dict()[name]), name

@@ -51,6 +51,7 @@ class LoopSettings:
     caption_epochs: float = 10  # fine-tuning runs over the clean set (400 images): longer over-fits it
     filter_epochs: float = 15
     vqa_epochs: float = 6
+    tie_text: bool = False  # BLIP's encoder-decoder tie in every pre-training (training/model.py)
     batch_size: int = 64
     pretrain_lr: float = 1e-3
     caption_lr: float = 2e-4
@@ -127,7 +128,8 @@ class Loop:
                  "images": str(self.world / "clean/images")}
         vqa = {"format": "vqa", "questions": str(self.world / "clean/vqa/questions.json"),
                "annotations": str(self.world / "clean/vqa/annotations.json"), "images": str(self.world / "clean/images")}
-        pretrain = dict(task="pretrain", epochs=s.pretrain_epochs, lr=s.pretrain_lr, size=s.model_size)
+        pretrain = dict(task="pretrain", epochs=s.pretrain_epochs, lr=s.pretrain_lr, size=s.model_size,
+                        tie_text=s.tie_text)
         base = self._train("base", data={"format": "webdataset", "shards": web}, seed=s.seeds[0],
                            **{**pretrain, "epochs": s.base_epochs})
         finetune = dict(init=str(base), seed=s.seeds[0])

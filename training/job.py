@@ -43,6 +43,7 @@ class TrainJob:
     threads: int | None = None
     precision: str = "auto"  # models.device.resolve_precision: bf16 autocast on CUDA and on CPUs with native bf16
     false_negative_margin: float | None = None  # None: training.loop.FALSE_NEGATIVE_MARGIN for the task
+    tie_text: bool = False  # pretrain from scratch: BLIP's encoder-decoder tie (training/model.py)
     recipe_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -119,7 +120,7 @@ def load_data(job: TrainJob, image_size: int):
 def build_model(job: TrainJob):
     if job.init is None:
         tokenizer = world_tokenizer()
-        return BlipTrainee.create(world_config(tokenizer, job.size), job.seed), tokenizer
+        return BlipTrainee.create(world_config(tokenizer, job.size), job.seed, tie=job.tie_text), tokenizer
     return BlipTrainee.from_checkpoints(initial_roles(job.init))
 
 

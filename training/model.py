@@ -3,9 +3,11 @@
 `BlipTrainee` holds the modules of transformers' BLIP classes under their own names (vision_model, text_encoder,
 text_decoder, vision_proj, text_proj, itm_head) plus ITC's learned temperature, so a trained model exports to a
 captioner (BlipForConditionalGeneration), a filter (BlipForImageTextRetrieval) or a VQA model
-(BlipForQuestionAnswering) by copying state dicts, and any of those initialises a trainee back. Unlike BLIP's
-pre-training, the text encoder and decoder share no layers: sharing all but self-attention, as BLIP does, was tried
-and did not make ITM learn faster here (RESULTS.md).
+(BlipForQuestionAnswering) by copying state dicts, and any of those initialises a trainee back. With `tie=True`
+(`--tie-text`), a fresh trainee's text encoder and decoder share every layer but self-attention, as in BLIP's
+pre-training: the language-modelling loss then also trains the cross-attention that ITM uses. One experiment
+(RESULTS.md) suggests it is what the filter needs to see position; the shipped models were trained untied.
+Fine-tuning starts from exported roles, which are untied again (BLIP fine-tunes each task's model on its own).
 """
 from __future__ import annotations
 
@@ -94,8 +96,9 @@ class BlipTrainee(nn.Module):
         return objectives.losses(self, pixel_values, batch, names, generator, margin)
 
     @classmethod
-    def create(cls, config: BlipConfig, seed: int) -> BlipTrainee:
-        """A fresh model; the same seed gives the same weights. Initialised the way transformers initialises BLIP."""
+    def create(cls, config: BlipConfig, seed: int, tie: bool = False) -> BlipTrainee:
+        """A fresh model; the same seed gives the same weights. Initialised the way transformers initialises BLIP;
+        `tie`: see tie_text."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             modules = {task: EXPORT_CLASSES[task](config) for task in ("caption", "retrieval")}
@@ -108,7 +111,21 @@ class BlipTrainee(nn.Module):
         trainee = cls(config)
         trainee.load_parts(modules["retrieval"], EXPORT_MODULES["retrieval"])
         trainee.load_parts(modules["caption"], ("text_decoder",))
+        if tie:
+            trainee.tie_text()
         return trainee
+
+    def tie_text(self) -> None:
+        """Share the text encoder's embeddings (and so the decoder's output matrix, tied to them), cross-attention
+        and feed-forward layers with the decoder (BLIP's pre-training: the two differ only in self-attention,
+        bidirectional or causal)."""
+        decoder = self.text_decoder.bert
+        decoder.embeddings = self.text_encoder.embeddings
+        self.text_decoder.cls.predictions.decoder.weight = self.text_encoder.embeddings.word_embeddings.weight
+        for encoder_layer, decoder_layer in zip(self.text_encoder.encoder.layer, decoder.encoder.layer):
+            decoder_layer.crossattention = encoder_layer.crossattention
+            decoder_layer.intermediate = encoder_layer.intermediate
+            decoder_layer.output = encoder_layer.output
 
     @classmethod
     def from_checkpoints(cls, names: dict[str, str]) -> tuple[BlipTrainee, object]:
