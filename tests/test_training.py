@@ -201,10 +201,11 @@ def test_a_tied_trainee_shares_encoder_and_decoder_but_self_attention(tmp_path, 
         assert dec.crossattention is enc.crossattention and dec.intermediate is enc.intermediate
         assert dec.output is enc.output and dec.attention is not enc.attention
     step = torch.optim.SGD(trainee.parameters(), lr=0.1)
-    pixels = torch.randn(2, 3, 32, 32)
-    loss = trainee(pixels, tokenize(tokenizer, ["a red circle", "two blue squares"]), ("lm",))["lm"]
+    before = encoder.encoder.layer[0].crossattention.self.query.weight.detach().clone()
+    loss = trainee(torch.randn(2, 3, 32, 32), tokenize(tokenizer, ["a red circle", "two blue squares"]), ("lm",))["lm"]
     loss.backward()
-    step.step()  # the LM loss alone moves the encoder's cross-attention
+    step.step()
+    assert not torch.equal(encoder.encoder.layer[0].crossattention.self.query.weight, before)  # LM alone moved it
     caption = trainee.export("caption", tmp_path / "caption", tokenizer)
     retrieval = trainee.export("retrieval", tmp_path / "retrieval", tokenizer)
     loaded, _ = BlipTrainee.from_checkpoints({"retrieval": str(retrieval), "caption": str(caption)})

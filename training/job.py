@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from evaluation.datasets import DatasetFormatError
-from models.device import resolve_precision
 from evaluation.datasets.captions import read_coco_karpathy
 from evaluation.datasets.vqa import read_vqa
+from models.device import resolve_precision
 from pipelines.sources import expand_shards
 from training import data as datasets
 from training.loop import FALSE_NEGATIVE_MARGIN, TASK_OBJECTIVES, Recipe, train
