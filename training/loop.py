@@ -38,7 +38,7 @@ class Recipe:
     warmup: float = 0.05  # fraction of the steps
     seed: int = 0
     log_every: int = 50  # steps
-    bf16: bool = False  # autocast to bfloat16 (on GPUs; see BENCHMARKS.md for CPU)
+    bf16: bool = False  # autocast to bfloat16 (TrainJob sets it by models.device.resolve_precision)
     false_negative_margin: float = 0.0  # ITM hard negatives: see training/objectives.py
 
     def __post_init__(self):
