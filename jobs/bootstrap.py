@@ -38,8 +38,8 @@ def parse_args(argv):
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--base-epochs", type=float, help="pre-training of the base model that bootstraps (default 15)")
     p.add_argument("--pretrain-epochs", type=float, help="pre-training of each compared model (default 1)")
-    p.add_argument("--tie-text", action="store_true",
-                   help="pre-train with BLIP's encoder-decoder tie (all but self-attention shared)")
+    p.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=None,
+                   help="pre-train with BLIP's encoder-decoder tie, all but self-attention shared (default: on)")
     p.add_argument("--quick", action="store_true", help="a reduced loop in a few minutes (what CI runs)")
     p.add_argument("--ship", action="store_true", help="copy the fine-tuned models to models/checkpoints/")
     return p.parse_args(argv)
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             print(f"error: --seeds takes comma-separated integers, got {args.seeds!r}", file=sys.stderr)
             return 2
     for name in ("base_epochs", "pretrain_epochs", "tie_text"):
-        if getattr(args, name):
+        if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     loop = Loop(LoopSettings(workdir=args.workdir, world_seed=args.world_seed, **settings))
     try:

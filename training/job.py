@@ -43,7 +43,7 @@ class TrainJob:
     threads: int | None = None
     precision: str = "auto"  # models.device.resolve_precision: bf16 autocast on CUDA and on CPUs with native bf16
     false_negative_margin: float | None = None  # None: training.loop.FALSE_NEGATIVE_MARGIN for the task
-    tie_text: bool = False  # pretrain from scratch: BLIP's encoder-decoder tie (training/model.py)
+    tie_text: bool = True  # pretrain from scratch: BLIP's encoder-decoder tie (training/model.py)
     recipe_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
