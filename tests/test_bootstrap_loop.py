@@ -45,6 +45,8 @@ def test_quick_loop_end_to_end_then_resumes(tmp_path):
     assert 0.0 <= finetuned["shapes_vqa"]["accuracy"] <= 100.0
     assert "skipped" in finetuned["shapes_nlvr2"]  # no NLVR2 model class yet: reported, not faked
     assert "ROC AUC" in (tmp_path / "loop/REPORT.md").read_text()
+    worker_lines = [line for line in first.stdout.splitlines() if "RayTrainWorker" in line and "train " in line]
+    assert worker_lines and len(worker_lines) == len(set(worker_lines))  # each progress line shown once
 
     again = run_loop(tmp_path / "loop")  # everything is there: every stage is skipped, the report is rebuilt
     assert again.returncode == 0, again.stderr[-3000:]

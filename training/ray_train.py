@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,13 @@ from training.job import TrainJob, check_data, run_worker
 RECORD_FILE = "train.json"
 
 
+def _log(line: str) -> None:
+    """A worker's progress line, once: Ray Train patches print() in its workers to go both to the worker's stdout
+    and to its logger, which the driver shows too."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _worker(config: dict) -> None:
     job = TrainJob(**config["job"])
     context = ray.train.get_context()
@@ -36,7 +44,8 @@ def _worker(config: dict) -> None:
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     with tempfile.TemporaryDirectory() as folder:
-        record = run_worker(job, folder, rank, world_size, on_epoch=on_epoch, wrap=wrap, device=str(get_device()))
+        record = run_worker(job, folder, rank, world_size, log=_log, on_epoch=on_epoch, wrap=wrap,
+                            device=str(get_device()))
         if rank == 0:
             (Path(folder) / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         ray.train.report({"done": 1}, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
