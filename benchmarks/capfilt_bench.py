@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/capfilt_bench.py --size base            # BLIP-base, random weights (minutes)
     .venv/bin/python benchmarks/capfilt_bench.py --size tiny --quick    # smoke run (seconds; a test runs it)
+    .venv/bin/python benchmarks/capfilt_bench.py --overhead --per-shard 1000 --shard-counts 1   # Ray's overhead only
 
 Every figure is measured in this run, on this machine; generation is forced to 20 new tokens per caption so a run
 costs what a real caption costs. Prints a Markdown table (and writes it with --markdown FILE).
@@ -153,6 +154,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads of the model actor (default: the job's default)")
     p.add_argument("--naive-images", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one shard count")
+    p.add_argument("--overhead", action="store_true",
+                   help="measure only the job on Ray against the same work in one process, over the largest shard "
+                        "count (Ray is warmed on a separate small shard)")
     p.add_argument("--markdown", help="also write the table to this file")
     args = p.parse_args(argv)
     if args.quick:
@@ -162,6 +166,37 @@ def main(argv=None) -> int:
     lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, size {args.size}",
              f"command: python benchmarks/capfilt_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}"]
+    rows = overhead_rows(args, captioner, filter_name, counts[-1]) if args.overhead else \
+        full_rows(args, captioner, filter_name, counts)
+    table = "\n".join(lines + ["", "| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tuple[str, str]]:
+    """Ray's overhead alone: the same shards through the job and through one process."""
+    stage = CapFiltStage(captioner, filter_name, precision="auto")
+    sample = sampling(stage.captioner._prompt_ids("a picture of ", 1).shape[1], 1)
+    stage.sampling = sample
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = make_shards(tmp / "shards", count, args.per_shard)
+        warm = make_shards(tmp / "warm", 1, min(args.per_shard, args.batch_size))
+        stage(next(shard_batches("w", str(warm[0]), stage.image_sizes, args.batch_size)))  # warm
+        inproc = inprocess_seconds(stage, shards, str(tmp / "inproc"), args.batch_size)
+        del stage
+        job_run(warm, str(tmp / "warm-job"), captioner, filter_name, sample, args.batch_size, args.threads)
+        job = job_run(shards, str(tmp / "job"), captioner, filter_name, sample, args.batch_size, args.threads)
+    return [(f"same work in one process, {count} shard(s) x {args.per_shard}",
+             f"{job['samples'] / inproc:.3f} images/s, {inproc:.1f} s"),
+            (f"job on Ray, N=1, {count} shard(s) x {args.per_shard}",
+             f"{job['samples'] / job['seconds']:.3f} images/s, {job['seconds']:.1f} s "
+             f"(Ray overhead {job['seconds'] / inproc - 1:+.1%}), peak RSS {job['peak_gb']:.2f} GiB")]
+
+
+def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list[tuple[str, str]]:
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     stage = CapFiltStage(captioner, filter_name, precision="auto")
     prompt_len = stage.captioner._prompt_ids("a picture of ", 1).shape[1]
@@ -210,11 +245,7 @@ def main(argv=None) -> int:
     rows += [(f"job, {c} shard(s) x {args.per_shard}", f"{j['samples'] / j['seconds']:.3f} images/s, "
                                                        f"{j['seconds']:.1f} s, peak RSS {j['peak_gb']:.2f} GiB")
              for c, j in jobs.items()]
-    table = "\n".join(lines + ["", "| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

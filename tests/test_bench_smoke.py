@@ -20,3 +20,17 @@ def test_benchmark_smoke_run(tmp_path):
                     "bf16 roofline", "same work in one process", "job, N=5", "peak RSS"):
         assert measure in text
     assert text.count("images/s") >= 8
+
+
+def test_benchmark_overhead_mode(tmp_path):
+    """`--overhead` measures only the job on Ray against the same shards in one process, and reports the ratio."""
+    table = tmp_path / "overhead.md"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "benchmarks/capfilt_bench.py", "--size", "tiny", "--overhead",
+                           "--per-shard", "6", "--shard-counts", "2", "--markdown", str(table)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = table.read_text()
+    assert "same work in one process, 2 shard(s) x 6" in text
+    assert "job on Ray, N=1, 2 shard(s) x 6" in text and "Ray overhead" in text
+    assert "naive" not in text  # the other measures are skipped
