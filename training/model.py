@@ -4,10 +4,10 @@
 text_decoder, vision_proj, text_proj, itm_head) plus ITC's learned temperature, so a trained model exports to a
 captioner (BlipForConditionalGeneration), a filter (BlipForImageTextRetrieval) or a VQA model
 (BlipForQuestionAnswering) by copying state dicts, and any of those initialises a trainee back. With `tie=True`
-(`--tie-text`), a fresh trainee's text encoder and decoder share every layer but self-attention, as in BLIP's
-pre-training: the language-modelling loss then also trains the cross-attention that ITM uses. One experiment
-(RESULTS.md) suggests it is what the filter needs to see position; the shipped models were trained untied.
-Fine-tuning starts from exported roles, which are untied again (BLIP fine-tunes each task's model on its own).
+(the default of pre-training; `--no-tie-text` turns it off), a fresh trainee's text encoder and decoder share every
+layer but self-attention, as in BLIP's pre-training: the language-modelling loss then also trains the cross-attention
+that ITM uses, which is what lets the filter see position (RESULTS.md). Fine-tuning starts from exported roles, which
+are untied again (BLIP fine-tunes each task's model on its own).
 """
 from __future__ import annotations
 
