@@ -60,6 +60,10 @@ def make_shards(directory: Path, shards: int, per_shard: int) -> list[Path]:
     return paths
 
 
+def prompt_length(stage: CapFiltStage) -> int:
+    return stage.captioner._prompt_ids("a picture of ", 1).shape[1]
+
+
 def sampling(stage_or_prompt_len: int, num_captions: int) -> Sampling:
     length = stage_or_prompt_len + NEW_TOKENS  # min = max: every caption costs exactly NEW_TOKENS tokens
     return Sampling(num_captions=num_captions, max_length=length, min_length=length)
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
 def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tuple[str, str]]:
     """Ray's overhead alone: the same shards through the job and through one process."""
     stage = CapFiltStage(captioner, filter_name, precision="auto")
-    sample = sampling(stage.captioner._prompt_ids("a picture of ", 1).shape[1], 1)
+    sample = sampling(prompt_length(stage), 1)
     stage.sampling = sample
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -199,7 +203,7 @@ def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tu
 def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list[tuple[str, str]]:
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     stage = CapFiltStage(captioner, filter_name, precision="auto")
-    prompt_len = stage.captioner._prompt_ids("a picture of ", 1).shape[1]
+    prompt_len = prompt_length(stage)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = make_shards(tmp / "shards", max(counts), args.per_shard)
