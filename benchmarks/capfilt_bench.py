@@ -64,8 +64,8 @@ def prompt_length(stage: CapFiltStage) -> int:
     return stage.captioner._prompt_ids("a picture of ", 1).shape[1]
 
 
-def sampling(stage_or_prompt_len: int, num_captions: int) -> Sampling:
-    length = stage_or_prompt_len + NEW_TOKENS  # min = max: every caption costs exactly NEW_TOKENS tokens
+def sampling(prompt_len: int, num_captions: int) -> Sampling:
+    length = prompt_len + NEW_TOKENS  # min = max: every caption costs exactly NEW_TOKENS tokens
     return Sampling(num_captions=num_captions, max_length=length, min_length=length)
 
 
