@@ -58,7 +58,7 @@ def parse_args(argv):
     p.add_argument("--false-negative-margin", type=float,
                    help="ITM hard negatives: skip candidates whose ITC cosine similarity comes within this of the "
                         "true pair's (default 0.15 for filter, 0 otherwise)")
-    p.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=TrainJob.tie_text,
                    help="pretrain: share the text encoder's layers but self-attention with the decoder, as BLIP does "
                         "(default: on)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: the worker's CPUs)")

@@ -51,7 +51,7 @@ class LoopSettings:
     caption_epochs: float = 10  # fine-tuning runs over the clean set (400 images): longer over-fits it
     filter_epochs: float = 15
     vqa_epochs: float = 6
-    tie_text: bool = True  # BLIP's encoder-decoder tie in every pre-training (training/model.py)
+    tie_text: bool = TrainJob.tie_text  # BLIP's encoder-decoder tie in every pre-training (training/model.py)
     batch_size: int = 64
     pretrain_lr: float = 1e-3
     caption_lr: float = 2e-4
