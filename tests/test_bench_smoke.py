@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end at tiny size and prints every figure it promises."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,17 @@ def test_benchmark_overhead_mode(tmp_path):
     assert "same work in one process, 2 shard(s) x 6" in text
     assert "job on Ray, N=1, 2 shard(s) x 6" in text and "Ray overhead" in text
     assert "naive" not in text  # the other measures are skipped
+
+
+def test_train_attention_benchmark(tmp_path):
+    """`train_attention.py WORLD 2 1` trains once with each attention kernel and prints the ratio."""
+    from shapeworld.build import ensure_world
+
+    world = ensure_world(tmp_path / "world", seed=3, size="small")
+    done = subprocess.run([sys.executable, "benchmarks/train_attention.py", str(world), "2", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["steps"] == 2 and set(figures["seconds"]) == {"fused", "math"}
+    assert all(len(runs) == 1 and runs[0] > 0 for runs in figures["seconds"].values())
+    assert figures["fused_over_math"] > 0
