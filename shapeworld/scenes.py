@@ -78,6 +78,13 @@ def _side_range(size: int) -> tuple[int, int]:
     return max(4, round(MIN_SIDE * size / IMAGE_SIZE)), max(4, round(MAX_SIDE * size / IMAGE_SIZE))
 
 
+def _row_fit(count: int, size: int) -> int:
+    """The largest side at which `count` things fit in one row along a half's long side. Sides are drawn up to it:
+    drawing larger ones and shrinking them after failed placements took 15 ms per three-thing scene (most of the
+    world's build time), against 2 ms now and 0.1 ms for the others."""
+    return (size - 2 * EDGE - (count - 1) * GAP) // count
+
+
 def _span(position: str | None, axis: int, side: int, size: int) -> tuple[int, int]:
     """Allowed range of a box's first coordinate on `axis` (0 = x, 1 = y), inclusive."""
     low, high = EDGE, size - EDGE - side
@@ -126,7 +133,7 @@ def sample_scene(rng: np.random.Generator, combination: tuple | None = None, siz
         raise ValueError(f"unknown combination {combination!r}")
     background, texture = sample_background(rng), int(rng.integers(2**31))
     low, high = _side_range(size)
-    side = int(rng.integers(low, high + 1))
+    side = int(rng.integers(low, max(low, min(high, _row_fit(count, size))) + 1))
     while True:
         for _ in range(30):
             boxes = _place(rng, [side] * count, position, size)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapeworld.scenes import (COLORS, COUNTS, IMAGE_SIZE, MAX_SIDE, MIN_SIDE, POSITIONS, SHAPES, combinations,
-                               positions_of, render, sample_mixed_scene, sample_scene)
+from shapeworld.scenes import (COLORS, COUNTS, EDGE, GAP, IMAGE_SIZE, MAX_SIDE, MIN_SIDE, POSITIONS, SHAPES,
+                               combinations, positions_of, render, sample_mixed_scene, sample_scene)
 
 
 def _inside_half(box, position, size):
@@ -55,6 +55,8 @@ def test_object_sides_span_min_to_max_side_and_three_things_fit():
     assert min(sides) >= MIN_SIDE - 12 and max(sides) == MAX_SIDE and np.mean(sides) > (MIN_SIDE + MAX_SIDE) / 2 - 6
     three = [sample_scene(rng, ("square", "red", 3, p)) for p in POSITIONS for _ in range(20)]
     assert all(len(s.things) == 3 for s in three)
+    three_sides = [s.things[0].box[2] - s.things[0].box[0] for s in three]
+    assert min(three_sides) >= MIN_SIDE and max(three_sides) <= (IMAGE_SIZE - 2 * EDGE - 2 * GAP) // 3  # in a row
 
 
 def test_mixed_scenes_have_distinct_non_overlapping_things():
