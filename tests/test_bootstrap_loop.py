@@ -53,3 +53,5 @@ def test_quick_loop_end_to_end_then_resumes(tmp_path):
     assert "train raw-seed0 ..." not in again.stdout and "train raw-seed0: already done" in again.stdout
     second = json.loads((tmp_path / "loop/report.json").read_text())
     assert second["filter"] == report["filter"] and second["comparison"] == report["comparison"]
+    stages = {k: v for k, v in report["seconds"].items() if k != "total this invocation"}
+    assert "train base" in stages and {k: second["seconds"][k] for k in stages} == stages  # times of the first run
