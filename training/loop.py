@@ -68,8 +68,9 @@ def schedule(step: int, total: int, warmup: int) -> float:
 
 def attention_kernel(device: torch.device):
     """On a CPU, the backward pass of torch's fused attention kernel is slow on the ViT's short sequences (37
-    tokens): the math kernel trains the small model about 1.2x faster (RESULTS.md). Elsewhere torch chooses. The
-    forward pass picks the kernel, and its backward follows."""
+    tokens): the math kernel trains the small model 1.16-1.23x faster in-process (benchmarks/train_attention.py),
+    less inside Ray Train's worker (RESULTS.md). Elsewhere torch chooses. The forward pass picks the kernel, and
+    its backward follows."""
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
 
 

@@ -50,8 +50,8 @@ def render(report: dict) -> str:
     for task, metrics in report["finetuned"].items():
         for metric, value in metrics.items():
             lines.append(f"| {task} | {metric} | {value if isinstance(value, str) else _num(value)} |")
-    lines += ["", "## Time", "", "Each stage's seconds when it last ran: a resumed loop keeps those of the stages it skips.",
-              "", "| stage | seconds |", "|---|---|"]
+    lines += ["", "## Time", "", "Each stage's seconds when it last ran (a resumed loop keeps those of the stages it "
+              "skips).", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds} |" for stage, seconds in report["seconds"].items()]
     return "\n".join(lines) + "\n"
 
