@@ -18,7 +18,7 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from evaluation.runner import Options, run_suite
@@ -61,7 +61,6 @@ class LoopSettings:
     num_captions: int = 2
     threshold: float = 0.5
     eval_limit: int | None = None
-    stages: dict = field(default_factory=dict)  # stage -> seconds, filled as the loop runs
 
 
 class Loop:
@@ -80,11 +79,11 @@ class Loop:
         started = time.time()
         self.log(f"bootstrap: {name} ...")
         action()
-        self.s.stages[name] = round(time.time() - started, 1)
-        self.log(f"bootstrap: {name}: {self.s.stages[name]}s")
+        seconds = round(time.time() - started, 1)
+        self.log(f"bootstrap: {name}: {seconds}s")
         self.work.mkdir(parents=True, exist_ok=True)
-        (self.work / SECONDS_FILE).write_text(json.dumps({**self.recorded_seconds(), name: self.s.stages[name]},
-                                                         indent=1) + "\n", encoding="utf-8")
+        (self.work / SECONDS_FILE).write_text(json.dumps({**self.recorded_seconds(), name: seconds}, indent=1) + "\n",
+                                              encoding="utf-8")
 
     def recorded_seconds(self) -> dict[str, float]:
         """Each stage's seconds when it last ran, in any invocation on this workdir."""
@@ -173,7 +172,7 @@ class Loop:
                 compared[f"{kind}-seed{seed}"] = self._evaluate(f"{kind}-seed{seed}", models, list(COMPARED))
         finetuned = self._evaluate("finetuned", self.finetuned_models(), None)
         report = {
-            "settings": {k: v for k, v in asdict(s).items() if k != "stages"},
+            "settings": asdict(s),
             "world": json.loads((self.world / "WORLD.json").read_text(encoding="utf-8")).get("counts"),
             "filter": evidence.filter_quality(heldout_run, self.world / "heldout" / "truth.parquet", s.threshold),
             "captions": evidence.caption_quality(heldout_run, self.world / "heldout" / "truth.parquet", s.threshold),
