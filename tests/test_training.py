@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -212,3 +213,27 @@ def test_a_tied_trainee_shares_encoder_and_decoder_but_self_attention(tmp_path, 
     for name, value in trainee.state_dict().items():
         if name != "temp":
             assert torch.equal(value, loaded.state_dict()[name]), name
+
+
+def test_one_ray_train_run_trains_its_jobs_in_turn_and_a_failed_job_keeps_the_ones_before(tmp_path, world):
+    """fit_all pays Ray Train's start-up once for several jobs; each job reports its own checkpoint, so a job that
+    fails inside the worker (here: weights that do not load) leaves the finished jobs' output in place."""
+    from training.ray_train import RECORD_FILE, fit_all
+
+    web = {"format": "webdataset", "shards": str(world / "web" / "*.tar")}
+    first = TrainJob(task="pretrain", data=web, output=str(tmp_path / "first"), epochs=0.05, batch_size=16,
+                     size="tiny", seed=1)
+    (tmp_path / "broken" / "caption").mkdir(parents=True)
+    (tmp_path / "broken" / "caption" / "config.json").write_text("{}")
+    clean = {"format": "coco_karpathy", "annotations": str(world / "clean/annotations/train.json"),
+             "images": str(world / "clean/images")}
+    second = TrainJob(task="caption", data=clean, output=str(tmp_path / "second"), epochs=1, batch_size=16,
+                      init=str(tmp_path / "broken"))
+    with pytest.raises(Exception):
+        fit_all([first, second], log=lambda line: None)
+    record = json.loads((tmp_path / "first" / RECORD_FILE).read_text())
+    assert record["job"]["seed"] == 1 and record["history"]
+    assert load_checkpoint(str(tmp_path / "first" / "retrieval")).task == "retrieval"  # exported roles load
+    captioner = Captioner.load(str(tmp_path / "first" / "caption"), precision="fp32")
+    assert isinstance(captioner.caption(captioner.prepare([np.full((40, 40, 3), 120, np.uint8)]))[0], str)
+    assert not (tmp_path / "second" / RECORD_FILE).exists()
