@@ -71,6 +71,7 @@ class Loop:
         self.s, self.log = settings, log
         self.work = Path(settings.workdir).resolve()
         self.world = self.work / "world"
+        self.jobs: list[str] = []  # the training jobs' names (their WORKDIR folders), in the loop's order
 
     def path(self, *parts) -> Path:
         return self.work.joinpath(*parts)
@@ -97,6 +98,7 @@ class Loop:
         """Train the named jobs not done yet in one Ray Train run (its start-up is paid once), each into
         WORKDIR/NAME."""
         pending = {}
+        self.jobs += jobs
         for name, job in jobs.items():
             if (self.path(name) / RECORD_FILE).is_file():
                 self.log(f"bootstrap: train {name}: already done")
@@ -191,6 +193,8 @@ class Loop:
             "comparison": compare(compared, s.seeds),
             "finetuned": finetuned,
             "seconds": {**self.recorded_seconds(), "total this invocation": round(time.time() - started, 1)},
+            "job_seconds": {name: json.loads((self.path(name) / RECORD_FILE).read_text(encoding="utf-8"))["seconds"]
+                            for name in self.jobs},
         }
         (self.work / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         (self.work / "REPORT.md").write_text(render(report), encoding="utf-8")

@@ -53,6 +53,9 @@ def render(report: dict) -> str:
     lines += ["", "## Time", "", "Each stage's seconds when it last ran (a resumed loop keeps those of the stages it "
               "skips).", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds} |" for stage, seconds in report["seconds"].items()]
+    lines += ["", "Each training job inside its Ray Train run (loading its data, training, exporting; not Ray Train's "
+              "start-up, which a run pays once for all its jobs).", "", "| training job | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds} |" for name, seconds in report.get("job_seconds", {}).items()]
     return "\n".join(lines) + "\n"
 
 
