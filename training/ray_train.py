@@ -89,7 +89,10 @@ def fit_all(jobs: list[TrainJob], log=print, use_gpu: bool | None = None) -> lis
     try:
         result = trainer.fit()
     except Exception:
-        _copy_out(jobs, ray.train.Result.from_path(storage / name) if (storage / name).is_dir() else None)
+        try:  # keep what the jobs before the failure reported
+            _copy_out(jobs, ray.train.Result.from_path(storage / name))
+        except Exception:  # nothing was reported: the training error is the one to show
+            pass
         raise
     copied = _copy_out(jobs, result)
     missing = [job.output for index, job in enumerate(jobs) if index not in copied]
@@ -102,7 +105,7 @@ def fit_all(jobs: list[TrainJob], log=print, use_gpu: bool | None = None) -> lis
 def _copy_out(jobs: list[TrainJob], result) -> set[int]:
     """Each reported checkpoint into the output folder of the job that reported it; returns those jobs' indices."""
     copied = set()
-    for checkpoint, metrics in (result.best_checkpoints or []) if result is not None else []:
+    for checkpoint, metrics in result.best_checkpoints or []:
         copied.add(metrics["job"])
         output = Path(jobs[metrics["job"]].output)
         output.mkdir(parents=True, exist_ok=True)
