@@ -77,6 +77,7 @@ def fit_all(jobs: list[TrainJob], log=print, use_gpu: bool | None = None) -> lis
     use_gpu = bool(gpus) if use_gpu is None else use_gpu
     per_worker = {"CPU": 1} if use_gpu else {"CPU": max(1, cpus // workers)}
     storage = Path(jobs[0].output).resolve() / ".ray_train"
+    shutil.rmtree(storage, ignore_errors=True)  # a killed run's leftovers: Ray Train would restore its checkpoints
     name = "+".join(f"{job.task}-seed{job.seed}" for job in jobs)[:100]
     trainer = TorchTrainer(
         _worker,
@@ -93,6 +94,7 @@ def fit_all(jobs: list[TrainJob], log=print, use_gpu: bool | None = None) -> lis
             _copy_out(jobs, ray.train.Result.from_path(storage / name))
         except Exception:  # nothing was reported: the training error is the one to show
             pass
+        shutil.rmtree(storage, ignore_errors=True)
         raise
     copied = _copy_out(jobs, result)
     missing = [job.output for index, job in enumerate(jobs) if index not in copied]
