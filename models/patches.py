@@ -1,4 +1,4 @@
-"""Changes applied to transformers' BLIP modules at load time: one fix and two savings, all measured.
+"""Changes applied to transformers' BLIP modules at load time: one fix and three savings, all measured.
 
 1. The cross-attention mask (a defect of transformers 5.x): the encoder mask reaches BLIP's cross-attention as
    `attention_mask`, and the self-attention then reads `encoder_attention_mask` (None), so padded question tokens
@@ -9,6 +9,9 @@
    an extra caption. Callers opt in with `shared_image_rows(index)` and pass one state tensor per image.
 3. Fused vision attention: the ViT's attention through torch's scaled_dot_product_attention (transformers' BLIP
    vision attention is eager only).
+4. Packed bf16 linear weights on CPUs (`pack_linear_weights`, applied by the roles): each nn.Linear's weight is
+   reordered once into oneDNN's blocked layout, which a plain bf16 matmul otherwise does at every call. Outputs are
+   bit-identical; BLIP-base CapFilt runs about 1.2x faster on this CPU (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -48,6 +51,37 @@ def patch_blip_text(model: torch.nn.Module) -> torch.nn.Module:
             attention.forward = _patched_forward(attention)
             attention._capfilt_patched = True
     return model
+
+
+def pack_linear_weights(model: torch.nn.Module) -> int:
+    """Give every bf16 nn.Linear of `model` a oneDNN-packed copy of its weight, used when no gradient is needed
+    (an inference-only saving for CPUs; the original weight stays, for checkpoints, ties and training). Returns how
+    many layers use it; 0 when this torch has no oneDNN (idempotent)."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    count = 0
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.bfloat16 and layer.weight.device.type == "cpu":
+            if not getattr(layer, "_capfilt_packed", False):
+                layer.forward = _packed_linear(layer)
+                layer._capfilt_packed = True
+            count += 1
+    return count
+
+
+def _packed_linear(layer: torch.nn.Linear):
+    plain = layer.forward
+    packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach())
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
+            return plain(x)
+        # bf16 input, as autocast (which a direct oneDNN call bypasses) would cast it
+        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).reshape(-1, x.shape[-1]), packed, layer.bias,
+                                               "none", [], "")
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    return forward
 
 
 def _fused_vision_attention(attention: BlipAttention):

@@ -57,3 +57,46 @@ def test_sampling_projects_image_keys_once_per_image_and_keeps_captions():
     plain = captioner._generate(states, "a picture of ", do_sample=False, num_beams=1, max_length=30, min_length=10,
                                 repetition_penalty=1.1, logits_processor=LogitsProcessorList([nucleus]))
     assert [c for group in captions for c in group] == plain
+
+
+def roles_with_and_without_packing(monkeypatch, cls, name):
+    import models.base
+
+    packed = cls.load(name, device="cpu", precision="bf16")
+    monkeypatch.setattr(models.base, "pack_linear_weights", lambda model: 0)
+    plain = cls.load(name, device="cpu", precision="bf16")
+    return packed, plain
+
+
+def test_packed_linear_weights_give_bit_identical_captions_and_scores(monkeypatch):
+    """bf16 roles on the CPU use oneDNN-packed linear weights; samples, ITM/ITC scores and embeddings are the same
+    bits as with plain bf16 weights."""
+    captioner, plain_captioner = roles_with_and_without_packing(monkeypatch, Captioner, "tiny-random_caption")
+    matcher, plain_matcher = roles_with_and_without_packing(monkeypatch, Matcher, "tiny-random_retrieval")
+    assert all(getattr(m, "_capfilt_packed", False) for m in captioner.model.modules() if isinstance(m, torch.nn.Linear))
+    assert not any(getattr(m, "_capfilt_packed", False) for m in plain_captioner.model.modules())
+    pixels, ids = images(5), list("abcde")
+    captions = captioner.sample(pixels, ids, seed=2, num_captions=3)
+    assert captions == plain_captioner.sample(pixels, ids, seed=2, num_captions=3)
+    assert captioner.caption(pixels) == plain_captioner.caption(pixels)
+    texts = [["a web caption", *group] for group in captions]
+    scores, plain = matcher.score(pixels, texts), plain_matcher.score(pixels, texts)
+    for field in ("itm", "itc", "text_embeddings", "image_embeddings"):
+        np.testing.assert_array_equal(getattr(scores, field), getattr(plain, field))
+
+
+def test_packed_linear_keeps_gradients_and_fp32_roles_are_not_packed():
+    """With gradients wanted, a packed layer runs the plain forward (gradients reach its weight); fp32 roles keep
+    transformers' layers."""
+    from models.patches import pack_linear_weights
+
+    layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
+    assert pack_linear_weights(layer) == 1
+    x = torch.randn(3, 2, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        packed_out = layer(x)
+    layer(x).float().sum().backward()
+    assert layer.weight.grad is not None and packed_out.shape == (3, 2, 4)
+    torch.testing.assert_close(packed_out, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    fp32 = Matcher.load("tiny-random_retrieval", device="cpu", precision="fp32")
+    assert not any(getattr(m, "_capfilt_packed", False) for m in fp32.model.modules())
