@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -101,6 +103,18 @@ def flops_per_image(stage: CapFiltStage, batch: dict) -> float:
     with FlopCounterMode(display=False) as counter:
         stage(batch)
     return counter.get_total_flops() / len(batch["ok"])
+
+
+def stage_seconds(stage: CapFiltStage, batch: dict, repeats: int = 3, warm: bool = True) -> float:
+    """Median seconds per image of the stage over one batch (after one warm-up call when `warm`)."""
+    if warm:
+        stage(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        stage(batch)
+        times.append((time.perf_counter() - start) / len(batch["ok"]))
+    return statistics.median(times)
 
 
 def naive_seconds_per_image(captioner: str, filter_name: str, images: list[np.ndarray], captions: list[str],
@@ -211,11 +225,19 @@ def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list
         results = {}
         for n in (1, 5):
             stage.sampling = sampling(prompt_len, n)
-            flops = flops_per_image(stage, first)
-            stage(first)  # warm
-            start = time.perf_counter()
-            stage(first)
-            results[n] = {"flops": flops, "stage_s": (time.perf_counter() - start) / len(first["ok"])}
+            results[n] = {"flops": flops_per_image(stage, first), "stage_s": stage_seconds(stage, first)}
+        plain_s = None
+        if stage.captioner.precision == "bf16" and stage.captioner.device.type == "cpu":
+            with mock.patch("models.base.pack_linear_weights", lambda model: 0):
+                plain = CapFiltStage(captioner, filter_name, precision="auto")
+            plain.sampling = stage.sampling = sampling(prompt_len, 1)
+            # alternated with the packed stage, so both see the same machine
+            plain(first)  # warm
+            pairs = [(stage_seconds(plain, first, 1, warm=False), stage_seconds(stage, first, 1, warm=False))
+                     for _ in range(3)]
+            plain_s = statistics.median(a for a, _ in pairs)
+            results[1]["stage_s"] = statistics.median([results[1]["stage_s"]] + [b for _, b in pairs])
+            del plain
         images = [resize(decode_image(jpeg_bytes(photo(name))), stage.captioner.image_size)
                   for name, _, _ in PHOTOS][: args.naive_images]
         naive = naive_seconds_per_image(captioner, filter_name, images, [c for _, c, _ in PHOTOS], prompt_len)
@@ -235,6 +257,9 @@ def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list
         ("matmul peak fp32 / bf16", f"{peak32:.0f} / {peak16:.0f} GFLOP/s"),
         ("FLOPs per image, N=1 / N=5", f"{results[1]['flops'] / 1e9:.1f} / {results[5]['flops'] / 1e9:.1f} GFLOP"),
         ("stage only (one process), N=1", f"{1 / results[1]['stage_s']:.3f} images/s"),
+        *([("stage only, N=1, bf16 weights not packed", f"{1 / plain_s:.3f} images/s (packed weights "
+                                                         f"{plain_s / results[1]['stage_s']:.2f}x faster)")]
+          if plain_s else []),
         ("stage only, N=5 (cost vs N=1)", f"{1 / results[5]['stage_s']:.3f} images/s "
                                           f"({results[5]['stage_s'] / results[1]['stage_s']:.2f}x)"),
         ("naive baseline (fp32, batch 1, generate + ITM per caption)", f"{1 / naive:.3f} images/s"),

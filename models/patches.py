@@ -6,36 +6,53 @@
 2. Shared image keys/values: when several text rows attend to the same image (N sampled captions, or the web and
    synthetic captions the filter scores), the cross-attention key/value projections of the image states are
    computed once per image, not once per row. For BLIP-base that is 16 GFLOP per row saved, most of the cost of
-   an extra caption. Callers opt in with `shared_image_rows(index)` and pass one state tensor per image.
+   an extra caption. When each image has the same number of consecutive rows, their queries also attend to the
+   image's keys/values as one block, so the keys/values are neither copied per row nor read once per row at every
+   decoding step. Callers opt in with `shared_image_rows(index)` and pass one state tensor per image.
 3. Fused vision attention: the ViT's attention through torch's scaled_dot_product_attention (transformers' BLIP
    vision attention is eager only).
 4. Packed bf16 linear weights on CPUs (`pack_linear_weights`, applied by the roles): each nn.Linear's weight is
    reordered once into oneDNN's blocked layout, which a plain bf16 matmul otherwise does at every call. Outputs are
-   bit-identical; BLIP-base CapFilt runs about 1.2x faster on this CPU (BENCHMARKS.md).
+   bit-identical; BLIP-base CapFilt ran 1.09-1.20x faster on this CPU (BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
+import math
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.blip.modeling_blip import BlipAttention
 from transformers.models.blip.modeling_blip_text import BlipTextLayer
 
-# Row -> image index of the current forward, when the text rows share image states.
-_ROWS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("capfilt_shared_image_rows", default=None)
+# (row -> image index, rows per image when each image has the same number of consecutive rows, else None) of the
+# current forward, when the text rows share image states.
+_ROWS: contextvars.ContextVar[tuple[torch.Tensor, int | None] | None] = contextvars.ContextVar(
+    "capfilt_shared_image_rows", default=None)
 
 
 @contextlib.contextmanager
 def shared_image_rows(index: torch.Tensor):
     """Within this block, text row r cross-attends to image states index[r] (states passed once per image)."""
-    token = _ROWS.set(index)
+    token = _ROWS.set((index, _group_size(index)))
     try:
         yield
     finally:
         _ROWS.reset(token)
+
+
+def _group_size(index: torch.Tensor) -> int | None:
+    """N when index is [0]*N + [1]*N + ... (N captions per image; web + synthetic texts per image), else None."""
+    if index.numel() == 0:
+        return None
+    images = int(index[-1]) + 1
+    if index.numel() % images:
+        return None
+    group = index.numel() // images
+    return group if torch.equal(index.cpu(), torch.arange(images).repeat_interleave(group)) else None
 
 
 def patch_blip_text(model: torch.nn.Module) -> torch.nn.Module:
@@ -67,6 +84,12 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
                 layer._capfilt_packed = True
             count += 1
     return count
+
+
+@register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+def _packed_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """For torch's FlopCounterMode (the benchmark's FLOP count): a matmul of x by the (out, in) weight."""
+    return 2 * math.prod(x_shape) * w_shape[0]
 
 
 def _packed_linear(layer: torch.nn.Linear):
@@ -102,9 +125,11 @@ def _fused_vision_attention(attention: BlipAttention):
 
 def _patched_forward(attention):
     """The cross-attention forward, with the mask routed and, for shared image rows, the image keys/values
-    projected once per image and handed to transformers' own code through its cross-attention cache (the path it
-    takes from the second decoding step on). The instance's forward is replaced, so parameter names and
-    checkpoints stay those of transformers."""
+    projected once per image. When every image has the same number of consecutive rows, the rows' queries attend
+    to their image's keys/values as one block per image (`_grouped_attention`); otherwise the keys/values are
+    copied per row and handed to transformers' own code through its cross-attention cache (the path it takes from
+    the second decoding step on). The instance's forward is replaced, so parameter names and checkpoints stay
+    those of transformers."""
     forward = attention.forward
 
     @functools.wraps(forward)
@@ -112,20 +137,43 @@ def _patched_forward(attention):
                 past_key_values=None, **kwargs):
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = attention_mask  # the fix: a no-op once transformers passes the mask itself
-        rows = _ROWS.get()
-        if rows is not None and encoder_hidden_states is not None and encoder_hidden_states.shape[0] != rows.shape[0]:
-            cache = past_key_values
-            if not isinstance(cache, EncoderDecoderCache):
-                cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            if not cache.is_updated.get(attention.layer_idx):
-                shape = (*encoder_hidden_states.shape[:-1], -1, attention.attention_head_size)
+        shared = _ROWS.get()
+        if shared is None or encoder_hidden_states is None or encoder_hidden_states.shape[0] == shared[0].shape[0]:
+            return forward(hidden_states, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
+                           encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, **kwargs)
+        rows, group = shared
+        if encoder_attention_mask is not None or (group or 0) * encoder_hidden_states.shape[0] != rows.shape[0]:
+            group = None  # a mask (no caller passes one with shared states), or images without rows: per-row path
+        cache = past_key_values
+        if not isinstance(cache, EncoderDecoderCache):
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        layer = attention.layer_idx
+        if not cache.is_updated.get(layer):
+            shape = (*encoder_hidden_states.shape[:-1], -1, attention.attention_head_size)
+            key = attention.key(encoder_hidden_states).view(shape).transpose(1, 2)
+            value = attention.value(encoder_hidden_states).view(shape).transpose(1, 2)
+            if group is None:
                 index = rows.to(encoder_hidden_states.device)
-                key = attention.key(encoder_hidden_states).view(shape).transpose(1, 2).index_select(0, index)
-                value = attention.value(encoder_hidden_states).view(shape).transpose(1, 2).index_select(0, index)
-                cache.cross_attention_cache.update(key, value, attention.layer_idx)
-                cache.is_updated[attention.layer_idx] = True
-            past_key_values = cache
-        return forward(hidden_states, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
-                       encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, **kwargs)
+                key, value = key.index_select(0, index), value.index_select(0, index)
+            cache.cross_attention_cache.update(key, value, layer)
+            cache.is_updated[layer] = True
+        if group is None:
+            return forward(hidden_states, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
+                           encoder_attention_mask=encoder_attention_mask, past_key_values=cache, **kwargs)
+        cached = cache.cross_attention_cache.layers[layer]
+        return _grouped_attention(attention, hidden_states, cached.keys, cached.values, group), None
 
     return wrapper
+
+
+def _grouped_attention(attention, hidden_states, key, value, group: int) -> torch.Tensor:
+    """transformers' BLIP cross-attention without a mask (scores, softmax, dropout, weighted values) for `group`
+    consecutive rows per image: the rows' queries are stacked per image, so each image's keys/values are read once per step,
+    not once per row."""
+    rows, length, _ = hidden_states.shape
+    images, heads, size = rows // group, attention.num_attention_heads, attention.attention_head_size
+    query = attention.query(hidden_states).view(images, group * length, heads, size).transpose(1, 2)
+    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(size)
+    probs = attention.dropout(torch.softmax(scores, dim=-1))
+    context = torch.matmul(probs, value)  # (images, heads, group * length, size)
+    return context.transpose(1, 2).reshape(rows, length, heads * size)

@@ -100,3 +100,33 @@ def test_packed_linear_keeps_gradients_and_fp32_roles_are_not_packed():
     torch.testing.assert_close(packed_out, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
     fp32 = Matcher.load("tiny-random_retrieval", device="cpu", precision="fp32")
     assert not any(getattr(m, "_capfilt_packed", False) for m in fp32.model.modules())
+
+
+def test_flop_counter_counts_packed_linear_layers():
+    """torch's FlopCounterMode (the benchmark's FLOP count) counts a packed layer as the matmul it is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.patches import pack_linear_weights
+
+    layer = torch.nn.Linear(32, 16).to(torch.bfloat16)
+    pack_linear_weights(layer)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        layer(torch.randn(4, 5, 32, dtype=torch.bfloat16))
+    assert counter.get_total_flops() == 2 * 4 * 5 * 32 * 16
+
+
+def test_itm_with_equal_rows_per_image_equals_repeated_states():
+    """With the same number of consecutive texts per image (web + synthetic captions), the texts attend to their
+    image as one block; ITM and the sampled captions equal those from each image's states repeated per row."""
+    from models.patches import _group_size
+
+    assert _group_size(torch.tensor([0, 0, 1, 1, 2, 2])) == 2
+    assert _group_size(torch.tensor([0, 0, 0, 1, 1])) is None and _group_size(torch.tensor([0, 1, 0, 1])) is None
+    matcher = Matcher.load("tiny-random_retrieval", precision="fp32")
+    states, _ = matcher.image_features(images(3))
+    texts = ["a red circle", "two squares", "a cat", "nothing at all", "blue", "one green triangle at the top"]
+    index = torch.tensor([0, 0, 1, 1, 2, 2])
+    seen = key_rows(matcher.model)
+    shared = matcher.itm(states, texts, image_index=index)
+    assert set(seen) == {3}
+    torch.testing.assert_close(shared, matcher.itm(states[index], texts), rtol=1e-5, atol=1e-6)
