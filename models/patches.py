@@ -78,7 +78,8 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
         return 0
     count = 0
     for layer in model.modules():
-        if isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.bfloat16 and layer.weight.device.type == "cpu":
+        weight = getattr(layer, "weight", None)
+        if isinstance(layer, torch.nn.Linear) and weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
             if not getattr(layer, "_capfilt_packed", False):
                 layer.forward = _packed_linear(layer)
                 layer._capfilt_packed = True
@@ -168,8 +169,8 @@ def _patched_forward(attention):
 
 def _grouped_attention(attention, hidden_states, key, value, group: int) -> torch.Tensor:
     """transformers' BLIP cross-attention without a mask (scores, softmax, dropout, weighted values) for `group`
-    consecutive rows per image: the rows' queries are stacked per image, so each image's keys/values are read once per step,
-    not once per row."""
+    consecutive rows per image: the rows' queries are stacked per image, so each image's keys/values are read once
+    per step, not once per row."""
     rows, length, _ = hidden_states.shape
     images, heads, size = rows // group, attention.num_attention_heads, attention.attention_head_size
     query = attention.query(hidden_states).view(images, group * length, heads, size).transpose(1, 2)

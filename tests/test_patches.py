@@ -73,7 +73,8 @@ def test_packed_linear_weights_give_bit_identical_captions_and_scores(monkeypatc
     bits as with plain bf16 weights."""
     captioner, plain_captioner = roles_with_and_without_packing(monkeypatch, Captioner, "tiny-random_caption")
     matcher, plain_matcher = roles_with_and_without_packing(monkeypatch, Matcher, "tiny-random_retrieval")
-    assert all(getattr(m, "_capfilt_packed", False) for m in captioner.model.modules() if isinstance(m, torch.nn.Linear))
+    linears = [m for m in captioner.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(getattr(m, "_capfilt_packed", False) for m in linears)
     assert not any(getattr(m, "_capfilt_packed", False) for m in plain_captioner.model.modules())
     pixels, ids = images(5), list("abcde")
     captions = captioner.sample(pixels, ids, seed=2, num_captions=3)
