@@ -1,12 +1,20 @@
-"""BLIP roles (captioner, filter, VQA answerer), the model zoo and `inference_model`."""
-from models.answerer import Answerer
-from models.captioner import Captioner
-from models.images import ImageError
-from models.inference import inference_model, load_role
-from models.loading import ModelLoadError, list_models, load_checkpoint, resolve
-from models.matcher import Matcher, MatchScores
+"""BLIP roles (captioner, filter, VQA answerer), the model zoo and `inference_model`.
 
-__all__ = [
-    "Answerer", "Captioner", "ImageError", "Matcher", "MatchScores", "ModelLoadError",
-    "inference_model", "list_models", "load_checkpoint", "load_role", "resolve",
-]
+The names below are imported on first use, so that `models.images` (all a decode worker needs) does not load torch
+and transformers into every process that decodes images.
+"""
+from importlib import import_module
+
+_HOMES = {
+    "Answerer": "models.answerer", "Captioner": "models.captioner", "ImageError": "models.images",
+    "Matcher": "models.matcher", "MatchScores": "models.matcher", "ModelLoadError": "models.loading",
+    "inference_model": "models.inference", "list_models": "models.loading", "load_checkpoint": "models.loading",
+    "load_role": "models.inference", "resolve": "models.loading",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

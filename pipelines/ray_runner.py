@@ -1,6 +1,6 @@
 """The Ray wiring of CapFilt: decode tasks stream batches to model actors; the driver commits each shard.
 
-The only pipeline module that imports ray. Flow per shard: a streaming decode task (CPU) yields batches ->
+With `ray_tasks.py`, the only pipeline module that imports ray. Flow per shard: a streaming decode task (CPU) yields batches ->
 the least busy model actor (one per GPU, or CPU) captions and scores them -> when every batch of the shard is
 back, the driver writes its Parquet and then its done-marker. Memory is bounded by the number of shards
 decoded at once and by the batches allowed to wait for an actor.
@@ -19,9 +19,9 @@ from ray.exceptions import RayActorError, RayError
 from models.device import DeviceError
 from models.loading import ModelLoadError, resolve
 from pipelines.assemble import shard_stats, shard_table
-from pipelines.batches import problem_batch, sample_error_row, shard_batches
 from pipelines.config import CapFiltConfig, check_compatible, run_record
 from pipelines.decode import error_row
+from pipelines.ray_tasks import batch_outline, crashed_sample, decode_shard
 from pipelines.sources import Shard, check_location, expand_shards
 from pipelines.stage import CapFiltStage
 from pipelines.writer import RunDir
@@ -36,49 +36,18 @@ PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still o
 RECOVERY_TIMEOUT = 600.0  # seconds a crashed model actor may take to come back before the job gives up
 
 
-def quiet_worker_logs() -> None:
-    """Run in every worker process of a local instance: Ray Train's placement-group cleaner polls the state API,
-    which needs the dashboard that a local instance does not start (it costs a 2-core machine seconds per start),
-    and would warn every second until the driver exits."""
-    import logging
-
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
 def connect(num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS, or start a private local instance bound to 127.0.0.1."""
     if ray.is_initialized():
         return
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))},
-           "worker_process_setup_hook": "pipelines.ray_runner.quiet_worker_logs"}
+           "worker_process_setup_hook": "pipelines.ray_tasks.quiet_worker_logs"}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
         # address="local": never join a stale cluster left by an earlier `ray start`.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
                  configure_logging=False, log_to_driver=True)
-
-
-@ray.remote(num_cpus=1, _generator_backpressure_num_objects=2)
-def decode_shard(shard_id: str, url: str, sizes: list[int], batch_size: int, max_pixels: int | None,
-                 skip: int = 0, single: int = 0):
-    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
-    try:
-        yield from shard_batches(shard_id, url, sizes, batch_size, skip=skip, single=single, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - a bug on hostile data ends the shard as an error row, not the job
-        yield problem_batch(shard_id, sizes, "decode_failed", f"{type(exc).__name__}: {exc}")
-
-
-@ray.remote(num_cpus=0)
-def crashed_sample(shard_id: str, url: str, index: int, message: str) -> dict:
-    """The `worker_crashed` row of the sample whose decoding killed its process, its image left undecoded."""
-    return sample_error_row(shard_id, url, index, "worker_crashed", message)
-
-
-@ray.remote(num_cpus=0)
-def batch_outline(batch: dict) -> list[tuple[int, dict]]:
-    """(position, metadata row) of each decoded sample: what the driver needs to report one that fails."""
-    return [(i, batch["rows"][i]) for i in batch["ok"]]
 
 
 class ModelActor(CapFiltStage):

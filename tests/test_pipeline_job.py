@@ -200,3 +200,16 @@ def test_unloadable_models_are_one_clear_error(cluster, corpus, tmp_path):
     with pytest.raises(ModelLoadError, match="caption model is needed"):
         run(paths[:1], tmp_path / "c", captioner="tiny-random_retrieval")
     assert not (tmp_path / "a" / "shards").exists() and not (tmp_path / "c" / "run.json").exists()
+
+
+def test_decode_workers_do_not_load_torch():
+    """Ray imports a task's module in the worker that runs it, and the setup hook's module in every worker: the decode
+    path must not pull in torch and transformers (about 3 s and 300 MB per decode worker)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, pipelines.ray_tasks; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"

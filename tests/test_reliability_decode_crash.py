@@ -23,9 +23,9 @@ ONCE = b"kill the decoder once"  # image bytes that make it exit the first time 
 
 def crash_decoding() -> None:
     """Ray's worker_process_setup_hook for these tests: decode_image exits its process on the images above."""
-    from pipelines import decode, ray_runner
+    from pipelines import decode, ray_tasks
 
-    ray_runner.quiet_worker_logs()
+    ray_tasks.quiet_worker_logs()
     original = decode.decode_image
 
     def decode_image(data, *args, **kwargs):
@@ -119,8 +119,8 @@ def test_poison_image_that_kills_every_decoder(files, tmp_path):
     assert statuses.pop("k05") == ("error", "worker_crashed"), logs
     assert set(statuses.values()) == {("ok", None)}, logs
     assert result["samples"] == 12 and result["errors"] == 1
-    url, message = duckdb.execute("SELECT url, error_message FROM read_parquet(?) WHERE key = 'k05'",
-                                  [str(tmp_path / "out" / "shards" / "00000.parquet")]).fetchone()
+    [(url, message)] = duckdb.execute("SELECT url, error_message FROM read_parquet(?) WHERE key = 'k05'",
+                                      [str(tmp_path / "out" / "shards" / "00000.parquet")]).fetchall()
     assert url == "u/k05" and "died on every attempt" in message
     assert len(crashes.read_text().split()) == 6, logs
     # Where decoding resumed: at the first sample the shard's task delivered none of (4, or fewer when the process
