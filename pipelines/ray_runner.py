@@ -1,9 +1,9 @@
 """The Ray wiring of CapFilt: decode tasks stream batches to model actors; the driver commits each shard.
 
 With `ray_tasks.py` (what runs in decode workers), the only pipeline modules that import ray. Flow per shard: a
-streaming decode task (CPU) yields batches -> the least busy model actor (one per GPU, or CPU) captions and scores them -> when every batch of the shard is
-back, the driver writes its Parquet and then its done-marker. Memory is bounded by the number of shards
-decoded at once and by the batches allowed to wait for an actor.
+streaming decode task (CPU) yields batches -> the least busy model actor (one per GPU, or CPU) captions and scores
+them -> when every batch of the shard is back, the driver writes its Parquet and then its done-marker. Memory is
+bounded by the number of shards decoded at once and by the batches allowed to wait for an actor.
 """
 from __future__ import annotations
 
