@@ -87,6 +87,22 @@ def test_web_shards_load_with_every_sample_accounted(world):
     assert "" in {texts[0] for texts in data.texts}  # the empty web captions train as empty text
 
 
+def test_shards_decoded_again_only_when_they_change(world, tmp_path):
+    import shutil
+
+    shards = tmp_path / "web"
+    shutil.copytree(world / "web", shards)
+    first = load_shards(str(shards / "*.tar"), 32)
+    assert load_shards(str(shards / "*.tar"), 32) is first  # the next job of the run reuses the decoded images
+    assert load_shards(str(shards / "*.tar"), 48) is not first  # another image size is another decode
+    victim = sorted(shards.glob("*.tar"))[0]
+    victim.write_bytes(victim.read_bytes())  # rewritten in place (copytree kept the old modification time)
+    rewritten = load_shards(str(shards / "*.tar"), 32)
+    assert rewritten is not first and len(rewritten) == len(first)
+    victim.unlink()
+    assert len(load_shards(str(shards / "*.tar"), 32)) == 100  # a shard gone: the rest, decoded again
+
+
 def test_hard_negatives_are_never_the_pair_itself_nor_an_equal_text():
     similarity = torch.randn(6, 6)
     same = torch.eye(6, dtype=torch.bool)
