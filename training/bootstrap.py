@@ -15,6 +15,7 @@ The report (REPORT.md, report.json) is written at the end.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import statistics
@@ -121,22 +122,36 @@ class Loop:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
 
     def _evaluate(self, name: str, models: dict[str, str], tasks: list[str] | None) -> dict:
-        out = self.path("eval", f"{name}.json")
+        return self._evaluate_many({name: models}, tasks, f"evaluate {name}")[name]
+
+    def _evaluate_many(self, models: dict[str, dict[str, str]], tasks: list[str] | None, stage: str) -> dict:
+        """Score several sets of models ({name: {role: model}}) on the suite's `tasks` in one suite run: one
+        model actor holds every model (starting an actor costs more than these small models' tasks). Each set's
+        task names and roles are prefixed with its name. Returns {name: {task: {metric: value}}}."""
+        outs = {name: self.path("eval", f"{name}.json") for name in models}
 
         def run():
-            suite = load_suite(SUITE, variables={"WORLD": str(self.world)}, models=models, tasks=tasks)
+            suite = load_suite(SUITE, variables={"WORLD": str(self.world)}, tasks=tasks)
+            named = [dataclasses.replace(task, name=f"{name}.{task.name}", role=f"{name}.{task.role}",
+                                         model=roles.get(task.role, task.model))
+                     for name, roles in models.items() for task in suite.tasks]
+            suite = dataclasses.replace(suite, tasks=named, models={task.role: task.model for task in named})
             result = run_suite(suite, Options(self.path("eval"), limit=self.s.eval_limit), self.log)
-            scores = {}
-            for row in result.rows:
-                if row["status"] == "ok":
-                    scores.setdefault(row["task"], {})[row["metric"]] = row["value"]
-                elif row["status"] == "skipped":
-                    scores.setdefault(row["task"], {})["skipped"] = row["note"]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(scores, indent=1) + "\n", encoding="utf-8")
+            for name, out in outs.items():
+                scores = {}
+                for row in result.rows:
+                    prefix, _, task = row["task"].partition(".")
+                    if prefix != name:
+                        continue
+                    if row["status"] == "ok":
+                        scores.setdefault(task, {})[row["metric"]] = row["value"]
+                    elif row["status"] == "skipped":
+                        scores.setdefault(task, {})["skipped"] = row["note"]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(scores, indent=1) + "\n", encoding="utf-8")
 
-        self._stage(f"evaluate {name}", out.is_file(), run)
-        return json.loads(out.read_text(encoding="utf-8"))
+        self._stage(stage, all(out.is_file() for out in outs.values()), run)
+        return {name: json.loads(out.read_text(encoding="utf-8")) for name, out in outs.items()}
 
     def run(self) -> dict:
         s, started = self.s, time.time()
@@ -177,12 +192,10 @@ class Loop:
         boot_data = {"format": "webdataset", "shards": str(boot / "*.tar")}
         self._train({f"boot-seed{seed}": dict(data=boot_data, seed=seed, **boot_pretrain) for seed in s.seeds})
 
-        compared = {}
-        for kind in ("raw", "boot"):
-            for seed in s.seeds:
-                folder = self.path(f"{kind}-seed{seed}")
-                models = {"captioner": str(folder / "caption"), "filter": str(folder / "retrieval")}
-                compared[f"{kind}-seed{seed}"] = self._evaluate(f"{kind}-seed{seed}", models, list(COMPARED))
+        compared = self._evaluate_many(
+            {name: {"captioner": str(self.path(name, "caption")), "filter": str(self.path(name, "retrieval"))}
+             for name in (f"{kind}-seed{seed}" for kind in ("raw", "boot") for seed in s.seeds)},
+            list(COMPARED), "evaluate the compared models")
         finetuned = self._evaluate("finetuned", self.finetuned_models(), None)
         report = {
             "settings": asdict(s),
