@@ -37,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--seeds", help="comma-separated pre-training seeds (default 0,1,2)")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--base-epochs", type=float, help="pre-training of the base model that bootstraps (default 15)")
-    p.add_argument("--pretrain-epochs", type=float, help="pre-training of each compared model (default 3)")
+    p.add_argument("--pretrain-epochs", type=float, help="pre-training of each compared model (default 2)")
     p.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=None,
                    help="pre-train with BLIP's encoder-decoder tie, all but self-attention shared (default: on)")
     p.add_argument("--quick", action="store_true", help="a reduced loop in a few minutes (what CI runs)")
