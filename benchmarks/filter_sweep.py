@@ -1,0 +1,69 @@
+"""The filter's operating point: fine-tune filters from a loop's base model with other epochs, false-negative margins
+and seeds, and judge each at BLIP's threshold (p(match) >= 0.5) on the held-out web shards of a validation world,
+drawn with another seed than the loop's, so the choice is not made on the data the report judges.
+
+    .venv/bin/python benchmarks/filter_sweep.py runs/bootstrap '{"epochs": 15, "margin": 0.15}' '{"epochs": 10}' ...
+
+Each variant is a JSON object with any of epochs (default 15), margin (0.15), lr (5e-4), seed (0). The filters and
+their CapFilt runs go under WORKDIR/filter-sweep/ (a variant already there is judged again, not retrained); the
+validation world (seed 1, 2 x 500 held-out samples) under worlds/val1. Prints one line per variant: clean captions
+kept, each noise kind removed, the worst kind, ROC AUC.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines.config import CapFiltConfig  # noqa: E402
+from pipelines.ray_runner import run_capfilt  # noqa: E402
+from pipelines.stage import Sampling  # noqa: E402
+from shapeworld import evidence  # noqa: E402
+from shapeworld.build import ensure_world  # noqa: E402
+from training.job import TrainJob, run_worker  # noqa: E402
+
+DEFAULTS = {"epochs": 15, "margin": 0.15, "lr": 5e-4, "seed": 0}
+
+
+def judge(run: Path, variant: dict, world: Path) -> dict:
+    settings = {**DEFAULTS, **variant}
+    name = "-".join(f"{key}{settings[key]}" for key in sorted(settings))
+    out = run / "filter-sweep" / name
+    if not (out / "retrieval" / "config.json").is_file():
+        clean = {"format": "coco_karpathy", "annotations": str(run / "world/clean/annotations/train.json"),
+                 "images": str(run / "world/clean/images")}
+        job = TrainJob(task="filter", data=clean, init=str(run / "base"), output=str(out), epochs=settings["epochs"],
+                       lr=settings["lr"], false_negative_margin=settings["margin"], seed=settings["seed"])
+        run_worker(job, out, log=lambda line: None)
+    capfilt = out / "capfilt-val"
+    if not (capfilt / "summary.json").is_file():
+        summary = run_capfilt(CapFiltConfig(input=str(world / "heldout" / "*.tar"), output=str(capfilt),
+                                            captioner=str(run / "captioner" / "caption"),
+                                            filter=str(out / "retrieval"), batch_size=64,
+                                            sampling=Sampling(num_captions=1, seed=0)), log=lambda line: None)
+        (capfilt / "summary.json").write_text(json.dumps(summary) + "\n", encoding="utf-8")
+    quality = evidence.filter_quality(capfilt, world / "heldout" / "truth.parquet", 0.5)
+    removed = {kind: entry["removed"] for kind, entry in quality["kinds"].items() if kind != "clean"}
+    worst = min(removed, key=removed.get)
+    line = (f"{name}: clean kept {quality['kinds']['clean']['kept']:.3f}, worst removed {removed[worst]:.3f} "
+            f"({worst}), AUC {quality['auc']:.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in removed.items()))
+    print(line, flush=True)
+    return quality
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
+    run = Path(argv[0]).resolve()
+    if not (run / "base" / "train.json").is_file() or not (run / "captioner" / "caption").is_dir():
+        raise SystemExit(f"{run} holds no finished loop's base model and captioner (jobs/bootstrap.py --workdir)")
+    world = ensure_world(ROOT / "worlds" / "val1", 1, "small", {"heldout_shards": 2, "heldout_per_shard": 500})
+    for variant in argv[1:]:
+        judge(run, json.loads(variant), world)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
