@@ -4,7 +4,7 @@ drawn with another seed than the loop's, so the choice is not made on the data t
 
     .venv/bin/python benchmarks/filter_sweep.py runs/bootstrap '{"epochs": 15, "margin": 0.15}' '{"epochs": 10}' ...
 
-Each variant is a JSON object with any of epochs (default 15), margin (0.15), lr (5e-4), seed (0). The filters and
+Each variant is a JSON object with any of epochs, margin, lr and seed (default: the loop's, seed 0). The filters and
 their CapFilt runs go under WORKDIR/filter-sweep/ (a variant already there is judged again, not retrained); the
 validation world (seed 1, 2 x 500 held-out samples) under worlds/val1. Prints one line per variant: clean captions
 kept, each noise kind removed, the worst kind, ROC AUC.
@@ -23,9 +23,12 @@ from pipelines.ray_runner import run_capfilt  # noqa: E402
 from pipelines.stage import Sampling  # noqa: E402
 from shapeworld import evidence  # noqa: E402
 from shapeworld.build import ensure_world  # noqa: E402
+from training.bootstrap import LoopSettings  # noqa: E402
 from training.job import TrainJob, run_worker  # noqa: E402
+from training.loop import FALSE_NEGATIVE_MARGIN  # noqa: E402
 
-DEFAULTS = {"epochs": 15, "margin": 0.15, "lr": 5e-4, "seed": 0}
+DEFAULTS = {"epochs": LoopSettings.filter_epochs, "margin": FALSE_NEGATIVE_MARGIN["filter"],
+            "lr": LoopSettings.filter_lr, "seed": 0}  # the loop's filter
 
 
 def judge(run: Path, variant: dict, world: Path) -> dict:
