@@ -74,10 +74,10 @@ def _files_key(shards: list, image_size: int) -> tuple | None:
     if any("://" in shard.url for shard in shards):
         return None
     try:
-        stats = [(shard.url, os.stat(shard.url).st_size, os.stat(shard.url).st_mtime_ns) for shard in shards]
+        stats = [(shard.url, os.stat(shard.url)) for shard in shards]
     except OSError:
         return None
-    return image_size, tuple(stats)
+    return image_size, tuple((url, stat.st_size, stat.st_mtime_ns) for url, stat in stats)
 
 
 def _decode_shards(spec: str, shards: list, image_size: int) -> PairSet:
