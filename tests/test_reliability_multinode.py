@@ -2,7 +2,9 @@
 this machine); the actor and the decode tasks come back on another node and every sample is accounted exactly once."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -23,11 +25,12 @@ TIMEOUT = 600.0
 
 
 class WhereActor(ModelActor):
-    """Appends the id of its node to $CAPFILT_TEST_NODES for every batch it scores: where the actor ran, and reran."""
+    """Appends its node id and process id to $CAPFILT_TEST_NODES for every batch it scores: where the actor ran, and
+    reran."""
 
     def process(self, batch, subset=None, with_errors=None):
         with open(os.environ["CAPFILT_TEST_NODES"], "a") as handle:
-            handle.write(ray.get_runtime_context().get_node_id() + "\n")
+            handle.write(f"{ray.get_runtime_context().get_node_id()} {os.getpid()}\n")
         return super().process(batch, subset, with_errors)
 
 
@@ -71,6 +74,13 @@ def test_node_of_the_model_actor_dies_mid_job(tmp_path, monkeypatch):
         wait_for(lambda: list((out / "shards").glob("*.done.json")) or result, "the first commit")
         committed_before = len(list((out / "shards").glob("*.done.json")))
         cluster.remove_node(node_a, allow_graceful=False)
+        # A machine that dies takes all of its processes with it; the raylet's workers here would live on for a moment
+        # and could go on serving the calls already sent to them (seen in CI), so the actor's process goes too.
+        for line in nodes_file.read_text().splitlines():
+            node, pid = line.split()
+            if node == node_a.node_id:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
         runner.join(TIMEOUT)
         assert not runner.is_alive(), "the job did not finish after the node died"
     finally:
@@ -85,7 +95,7 @@ def test_node_of_the_model_actor_dies_mid_job(tmp_path, monkeypatch):
     assert len(rows) == SHARDS * PER_SHARD
     assert len({(shard, key) for shard, key, _, _ in rows}) == len(rows)
     assert sorted(error for _, _, status, error in rows if status != "ok") == ["missing_image", "truncated_image"]
-    ran_on = nodes_file.read_text().split()
+    ran_on = [line.split()[0] for line in nodes_file.read_text().splitlines()]
     assert ran_on[0] == node_a.node_id and ran_on[-1] == node_b.node_id and set(ran_on) == {node_a.node_id,
                                                                                             node_b.node_id}
     assert any("is back after a crash" in line for line in logs)
