@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,15 +39,17 @@ def test_benchmark_overhead_mode(tmp_path):
     assert "naive" not in text  # the other measures are skipped
 
 
-def test_train_attention_benchmark(tmp_path):
-    """`train_attention.py WORLD 2 1` trains once with each attention kernel and prints the ratio."""
+@pytest.mark.parametrize("compare,variants", [("attention", {"fused", "math"}),
+                                              ("optimizer", {"per-tensor", "fused"})])
+def test_train_step_benchmark(tmp_path, compare, variants):
+    """`train_step.py WORLD 2 1 --compare X` trains once with each variant and prints the ratio."""
     from shapeworld.build import ensure_world
 
     world = ensure_world(tmp_path / "world", seed=3, size="small")
-    done = subprocess.run([sys.executable, "benchmarks/train_attention.py", str(world), "2", "1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "benchmarks/train_step.py", str(world), "2", "1", "--compare", compare],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures["steps"] == 2 and set(figures["seconds"]) == {"fused", "math"}
+    assert figures["steps"] == 2 and set(figures["seconds"]) == variants
     assert all(len(runs) == 1 and runs[0] > 0 for runs in figures["seconds"].values())
-    assert figures["fused_over_math"] > 0
+    assert figures["ratio"] > 0
