@@ -232,8 +232,9 @@ def test_a_tied_trainee_shares_encoder_and_decoder_but_self_attention(tmp_path, 
 
 
 def test_one_ray_train_run_trains_its_jobs_in_turn_and_a_failed_job_keeps_the_ones_before(tmp_path, world):
-    """fit_all pays Ray Train's start-up once for several jobs; each job reports its own checkpoint, so a job that
-    fails inside the worker (here: weights that do not load) leaves the finished jobs' output in place."""
+    """fit_all pays Ray Train's start-up once for several jobs; a job may start from the output of a job before it
+    in the run (not on disk until the run ends); each job reports its own checkpoint, so a job that fails inside the
+    worker (here: weights that do not load) leaves the finished jobs' output in place."""
     from training.ray_train import RECORD_FILE, fit_all
 
     web = {"format": "webdataset", "shards": str(world / "web" / "*.tar")}
@@ -243,13 +244,33 @@ def test_one_ray_train_run_trains_its_jobs_in_turn_and_a_failed_job_keeps_the_on
     (tmp_path / "broken" / "caption" / "config.json").write_text("{}")
     clean = {"format": "coco_karpathy", "annotations": str(world / "clean/annotations/train.json"),
              "images": str(world / "clean/images")}
+    chained = TrainJob(task="caption", data=clean, output=str(tmp_path / "chained"), epochs=0.1, batch_size=16,
+                       init=first.output, lr=1e-5)
     second = TrainJob(task="caption", data=clean, output=str(tmp_path / "second"), epochs=1, batch_size=16,
                       init=str(tmp_path / "broken"))
     with pytest.raises(Exception, match="has no weights"):  # the worker's error reaches the caller
-        fit_all([first, second], log=lambda line: None)
+        fit_all([first, chained, second], log=lambda line: None)
     record = json.loads((tmp_path / "first" / RECORD_FILE).read_text())
     assert record["job"]["seed"] == 1 and record["history"]
     assert load_checkpoint(str(tmp_path / "first" / "retrieval")).task == "retrieval"  # exported roles load
     captioner = Captioner.load(str(tmp_path / "first" / "caption"), precision="fp32")
     assert isinstance(captioner.caption(captioner.prepare([np.full((40, 40, 3), 120, np.uint8)]))[0], str)
     assert not (tmp_path / "second" / RECORD_FILE).exists()
+    # the chained job fine-tuned the first one's weights, a few small steps away from them
+    assert json.loads((tmp_path / "chained" / RECORD_FILE).read_text())["job"]["init"] == first.output
+    before = load_checkpoint(str(tmp_path / "first" / "caption")).model.state_dict()
+    after = load_checkpoint(str(tmp_path / "chained" / "caption")).model.state_dict()
+    moved = max((after[name].float() - value.float()).abs().max().item() for name, value in before.items())
+    assert 0 < moved < 0.01
+
+
+def test_a_job_may_start_only_from_a_model_on_disk_or_an_earlier_job_of_the_run(tmp_path, world):
+    from training.ray_train import fit_all
+
+    clean = {"format": "coco_karpathy", "annotations": str(world / "clean/annotations/train.json"),
+             "images": str(world / "clean/images")}
+    later = TrainJob(task="caption", data=clean, output=str(tmp_path / "b"), epochs=1, init=str(tmp_path / "a"))
+    earlier = TrainJob(task="pretrain", data={"format": "webdataset", "shards": str(world / "web" / "*.tar")},
+                       output=str(tmp_path / "a"), epochs=1)
+    with pytest.raises(ValueError, match="holds no exported model"):  # refused in the caller, before Ray starts
+        fit_all([later, earlier], log=lambda line: None)

@@ -166,13 +166,14 @@ class Loop:
                "annotations": str(self.world / "clean/vqa/annotations.json"), "images": str(self.world / "clean/images")}
         pretrain = dict(task="pretrain", epochs=s.pretrain_epochs, lr=s.pretrain_lr, size=s.model_size,
                         tie_text=s.tie_text)
-        self._train({"base": dict(data={"format": "webdataset", "shards": web}, seed=s.seeds[0],
-                                  **{**pretrain, "epochs": s.base_epochs})})
         finetune = dict(init=str(self.path("base")), seed=s.seeds[0])
-        # the fine-tuning runs and the raw models of the comparison need only the base and the web shards
+        # The base, the fine-tuning runs from it and the raw models of the comparison need only the world: one Ray
+        # Train run (the fine-tuning jobs start from the base as this run trained it).
         raw = {f"raw-seed{seed}": dict(data={"format": "webdataset", "shards": web}, seed=seed, **pretrain)
                for seed in s.seeds}
-        self._train({"captioner": dict(task="caption", data=clean, epochs=s.caption_epochs, lr=s.caption_lr,
+        self._train({"base": dict(data={"format": "webdataset", "shards": web}, seed=s.seeds[0],
+                                  **{**pretrain, "epochs": s.base_epochs}),
+                     "captioner": dict(task="caption", data=clean, epochs=s.caption_epochs, lr=s.caption_lr,
                                        **finetune),
                      "filter": dict(task="filter", data=clean, epochs=s.filter_epochs, lr=s.filter_lr, **finetune),
                      "vqa": dict(task="vqa", data=vqa, epochs=s.vqa_epochs, lr=s.vqa_lr, **finetune), **raw})

@@ -59,8 +59,6 @@ class TrainJob:
             raise ValueError("the vqa task trains on vqa data, and only it does")
         if self.task != "pretrain" and self.init is None:
             raise ValueError(f"fine-tuning ({self.task}) starts from a pre-trained model: give init (--init DIR)")
-        if self.init is not None and not initial_roles(self.init):
-            raise ValueError(f"{self.init!r} holds no exported model (caption/, retrieval/ or vqa/)")
 
     def absolute(self) -> TrainJob:
         """This job with every local path made absolute: Ray Train runs the worker in a folder of its own, where a
@@ -88,14 +86,21 @@ class TrainJob:
 
 def initial_roles(folder) -> dict[str, str]:
     """The exported roles in a job's output folder, in the order that fills a trainee (vqa last: its encoder and
-    decoder are the most trained when present)."""
+    decoder are the most trained when present). ValueError when it holds none."""
     folder = Path(folder)
-    return {task: str(folder / task) for task in ("retrieval", "caption", "vqa") if (folder / task / "config.json").is_file()}
+    roles = {task: str(folder / task) for task in ("retrieval", "caption", "vqa")
+             if (folder / task / "config.json").is_file()}
+    if not roles:
+        raise ValueError(f"{str(folder)!r} holds no exported model (caption/, retrieval/ or vqa/)")
+    return roles
 
 
-def check_data(job: TrainJob) -> None:
-    """Read the annotation files and list the shards before any worker starts, so a missing or malformed file is
-    one clear error (DatasetFormatError / LocationError) in the driver, not a worker's traceback."""
+def check_inputs(job: TrainJob, trained_before: set[str] = frozenset()) -> None:
+    """Read the annotation files, list the shards and look for the initial model before any worker starts, so a
+    missing or malformed input is one clear error (DatasetFormatError / LocationError / ValueError) in the driver,
+    not a worker's traceback. An init among `trained_before` (outputs of jobs that run first) is not there yet."""
+    if job.init is not None and job.init not in trained_before:
+        initial_roles(job.init)
     spec = job.data
     if spec["format"] == "webdataset":
         expand_shards(spec["shards"])
@@ -126,14 +131,15 @@ def build_model(job: TrainJob):
 
 def run_worker(job: TrainJob, export_to, rank: int = 0, world_size: int = 1, log=print, on_epoch=None,
                wrap=None, device: str = "cpu") -> dict:
-    """Train as worker `rank` of `world_size`; rank 0 exports the job's roles to `export_to` and returns a record
-    of the run (recipe, data counts, loss history, seconds). `wrap` prepares the model for distributed training."""
+    """Train as worker `rank` of `world_size`, export the job's roles to `export_to` (every rank: the workers hold
+    the same weights, and a later job may start from them on each) and return a record of the run (recipe, data
+    counts, loss history, seconds). `wrap` prepares the model for distributed training."""
     if job.threads:
         torch.set_num_threads(job.threads)
     started = time.time()
     model, tokenizer = build_model(job)
     data = load_data(job, model.config.vision_config.image_size)
-    log(f"train {job.task}: {len(data)} samples ({_skipped(data)}), {sum(p.numel() for p in model.parameters()):,} "
+    log(f"train {job.task} ({Path(job.output).name}): {len(data)} samples ({_skipped(data)}), {sum(p.numel() for p in model.parameters()):,} "
         f"parameters, {torch.get_num_threads()} threads, worker {rank + 1}/{world_size}")
     model.to(device)
     trained = wrap(model) if wrap else model
@@ -142,9 +148,8 @@ def run_worker(job: TrainJob, export_to, rank: int = 0, world_size: int = 1, log
     model.to("cpu")
     record = {"job": job.describe(), "recipe": recipe.describe(), "device": str(device), "samples": len(data),
               "skipped": getattr(data, "skipped", {}), "history": history, "seconds": round(time.time() - started, 1)}
-    if rank == 0:
-        for task in EXPORTS[job.task]:
-            model.export(task, Path(export_to) / task, tokenizer)
+    for task in EXPORTS[job.task]:
+        model.export(task, Path(export_to) / task, tokenizer)
     return record
 
 

@@ -6,11 +6,13 @@ storage, and the driver copies it to the job's output folder with the run record
 workers need no shared filesystem with the driver beyond Ray's storage path.
 
 `fit_all` runs several jobs one after the other on one worker group: Ray Train's start-up (about 30 s on a 2-core
-machine, RESULTS.md) is paid once. Each job reports its own checkpoint when it ends, so when a later job fails, the
-jobs before it still get their output.
+machine, RESULTS.md) is paid once. A job may start from the output of a job before it in the same run: each worker
+keeps what it exported for the run's length. Each job reports its own checkpoint when it ends, so when a later job
+fails, the jobs before it still get their output.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -24,7 +26,7 @@ from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
 from pipelines.ray_runner import connect
-from training.job import TrainJob, check_data, run_worker
+from training.job import TrainJob, check_inputs, run_worker
 
 RECORD_FILE = "train.json"
 
@@ -46,13 +48,19 @@ def _worker(config: dict) -> None:
     def on_epoch(metrics):
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
-    for index, settings in enumerate(config["jobs"]):
-        job = TrainJob(**settings)
-        with tempfile.TemporaryDirectory() as folder:
+    exported: dict[str, str] = {}  # a job's output -> where this worker exported its roles in this run
+    with tempfile.TemporaryDirectory() as run_folder:
+        for index, settings in enumerate(config["jobs"]):
+            job = TrainJob(**settings)
+            if job.init in exported:  # trained earlier in this run: its output is copied out only at the end
+                job = dataclasses.replace(job, init=exported[job.init])
+            folder = Path(run_folder) / str(index)
             record = run_worker(job, folder, rank, world_size, log=_log, on_epoch=on_epoch, wrap=wrap,
                                 device=str(get_device()))
+            exported[settings["output"]] = str(folder)
+            record["job"] = settings  # as the caller gave it
             if rank == 0:
-                (Path(folder) / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+                (folder / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
             ray.train.report({"job": index}, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
 
 
@@ -63,13 +71,15 @@ def fit(job: TrainJob, log=print, use_gpu: bool | None = None) -> dict:
 
 def fit_all(jobs: list[TrainJob], log=print, use_gpu: bool | None = None) -> list[dict]:
     """Run `jobs` in order on one Ray Train worker group (they share its number of workers); each job's roles and
-    train.json go into its output folder. Returns the records. A job may start from an earlier one's output only
-    if that output exists before the call: each is copied out when the whole run ends."""
+    train.json go into its output folder. Returns the records. A job may start from an output made before the
+    call or from the output of a job before it in `jobs` (init = that job's output)."""
     jobs = [job.absolute() for job in jobs]
     if not jobs or len({job.workers for job in jobs}) != 1:
         raise ValueError("fit_all needs at least one job, and every job with the same number of workers")
+    trained_before: set[str] = set()
     for job in jobs:
-        check_data(job)
+        check_inputs(job, trained_before)
+        trained_before.add(job.output)
     connect()
     workers = jobs[0].workers
     cpus = int(ray.cluster_resources().get("CPU", 1))
