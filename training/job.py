@@ -139,8 +139,9 @@ def run_worker(job: TrainJob, export_to, rank: int = 0, world_size: int = 1, log
     started = time.time()
     model, tokenizer = build_model(job)
     data = load_data(job, model.config.vision_config.image_size)
-    log(f"train {job.task} ({Path(job.output).name}): {len(data)} samples ({_skipped(data)}), {sum(p.numel() for p in model.parameters()):,} "
-        f"parameters, {torch.get_num_threads()} threads, worker {rank + 1}/{world_size}")
+    log(f"train {job.task} ({Path(job.output).name}): {len(data)} samples ({_skipped(data)}), "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, {torch.get_num_threads()} threads, "
+        f"worker {rank + 1}/{world_size}")
     model.to(device)
     trained = wrap(model) if wrap else model
     recipe = job.recipe(str(device))
