@@ -4,9 +4,11 @@ drawn with another seed than the loop's, so the choice is not made on the data t
 
     .venv/bin/python benchmarks/filter_sweep.py runs/bootstrap '{"epochs": 15, "margin": 0.15}' '{"epochs": 10}' ...
 
-Each variant is a JSON object with any of epochs, margin, lr and seed (default: the loop's, seed 0). The filters and
-their CapFilt runs go under WORKDIR/filter-sweep/ (a variant already there is judged again, not retrained); the
-validation world (seed 1, 2 x 500 held-out samples) under worlds/val1. Prints one line per variant: clean captions
+Each variant is a JSON object with any of epochs, margin, lr and seed (default: the loop's, seed 0), and
+clean_images: fine-tune on a clean set of that many images drawn as the run's world draws its own (same seed and
+stream, so a larger set holds the smaller one), built under WORKDIR/filter-sweep/. The filters and their CapFilt runs
+go under WORKDIR/filter-sweep/ (a variant already there is judged again, not retrained); the validation world (seed
+1, 2 x 500 held-out samples) under worlds/val1. Prints one line per variant: clean captions
 kept, each noise kind removed, the worst kind, ROC AUC.
 """
 from __future__ import annotations
@@ -21,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from pipelines.config import CapFiltConfig  # noqa: E402
 from pipelines.ray_runner import run_capfilt  # noqa: E402
 from pipelines.stage import Sampling  # noqa: E402
-from shapeworld import evidence  # noqa: E402
-from shapeworld.build import ensure_world  # noqa: E402
+from shapeworld import annotated, evidence  # noqa: E402
+from shapeworld.build import MARKER, ensure_world, stream  # noqa: E402
 from training.bootstrap import LoopSettings  # noqa: E402
 from training.job import TrainJob, run_worker  # noqa: E402
 from training.loop import FALSE_NEGATIVE_MARGIN  # noqa: E402
@@ -36,8 +38,14 @@ def judge(run: Path, variant: dict, world: Path) -> dict:
     name = "-".join(f"{key}{settings[key]}" for key in sorted(settings))
     out = run / "filter-sweep" / name
     if not (out / "retrieval" / "config.json").is_file():
-        clean = {"format": "coco_karpathy", "annotations": str(run / "world/clean/annotations/train.json"),
-                 "images": str(run / "world/clean/images")}
+        folder = run / "world" / "clean"
+        if "clean_images" in settings:
+            folder = run / "filter-sweep" / f"clean{settings['clean_images']}"
+            if not (folder / "annotations" / "train.json").is_file():
+                seed = json.loads((run / "world" / MARKER).read_text(encoding="utf-8"))["seed"]
+                annotated.write_clean(folder, stream(seed, "clean"), int(settings["clean_images"]))
+        clean = {"format": "coco_karpathy", "annotations": str(folder / "annotations/train.json"),
+                 "images": str(folder / "images")}
         job = TrainJob(task="filter", data=clean, init=str(run / "base"), output=str(out), epochs=settings["epochs"],
                        lr=settings["lr"], false_negative_margin=settings["margin"], seed=settings["seed"])
         run_worker(job, out, log=lambda line: None)

@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from training.data import PairSet, QuestionSet, pixel_values
 from training.objectives import OBJECTIVES, to_device, tokenize, tokenize_questions
 
-# ITM's false-negative margin (cosine similarity), per task. The shape world's clean set holds 400 images of 288
+# ITM's false-negative margin (cosine similarity), per task. The shape world's clean set holds 800 images of 288
 # contents: a batch of 64 often holds two images of the same content, whose captions ITC ranks just below the true
 # pair's. Drawn as negatives, they taught the filter to reject right captions (RESULTS.md). Pre-training keeps 0.
 FALSE_NEGATIVE_MARGIN = {"filter": 0.15}
@@ -69,7 +69,7 @@ def schedule(step: int, total: int, warmup: int) -> float:
 
 def attention_kernel(device: torch.device):
     """On a CPU, the backward pass of torch's fused attention kernel is slow on the ViT's short sequences (37
-    tokens): the math kernel trains the small model 1.16-1.23x faster in-process (benchmarks/train_attention.py),
+    tokens): the math kernel trains the small model 1.16-1.23x faster in-process (benchmarks/train_step.py),
     less inside Ray Train's worker (RESULTS.md). Elsewhere torch chooses. The forward pass picks the kernel, and
     its backward follows."""
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
