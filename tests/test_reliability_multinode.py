@@ -22,6 +22,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 REPO = str(Path(__file__).resolve().parents[1])
 SHARDS, PER_SHARD = 10, 8
 TIMEOUT = 600.0
+BATCH_SECONDS = 0.3
 
 
 class WhereActor(ModelActor):
@@ -31,6 +32,9 @@ class WhereActor(ModelActor):
     def process(self, batch, subset=None, with_errors=None):
         with open(os.environ["CAPFILT_TEST_NODES"], "a") as handle:
             handle.write(f"{ray.get_runtime_context().get_node_id()} {os.getpid()}\n")
+        # The tiny models score a batch in milliseconds: once, every shard was committed before the test could
+        # remove the node after the first commit. A batch now takes at least this long (20 batches in the job).
+        time.sleep(BATCH_SECONDS)
         return super().process(batch, subset, with_errors)
 
 
