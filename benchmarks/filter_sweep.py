@@ -8,8 +8,8 @@ Each variant is a JSON object with any of epochs, margin, lr and seed (default: 
 clean_images: fine-tune on a clean set of that many images drawn as the run's world draws its own (same seed and
 stream, so a larger set holds the smaller one), built under WORKDIR/filter-sweep/. The filters and their CapFilt runs
 go under WORKDIR/filter-sweep/ (a variant already there is judged again, not retrained); the validation world (seed
-1, 2 x 500 held-out samples) under worlds/val1. Prints one line per variant: clean captions
-kept, each noise kind removed, the worst kind, ROC AUC.
+1, 8 x 500 held-out samples, as many as the loop's own) under worlds/val1. Prints one line per variant: clean captions
+kept, each noise kind removed, the worst kind (rates of both with their 95% intervals), ROC AUC.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from training.bootstrap import LoopSettings  # noqa: E402
 from training.job import TrainJob, run_worker  # noqa: E402
 from training.loop import FALSE_NEGATIVE_MARGIN  # noqa: E402
 
+VALIDATION = {"heldout_shards": 8, "heldout_per_shard": 500}
 DEFAULTS = {"epochs": LoopSettings.filter_epochs, "margin": FALSE_NEGATIVE_MARGIN["filter"],
             "lr": LoopSettings.filter_lr, "seed": 0}  # the loop's filter
 
@@ -49,7 +50,7 @@ def judge(run: Path, variant: dict, world: Path) -> dict:
         job = TrainJob(task="filter", data=clean, init=str(run / "base"), output=str(out), epochs=settings["epochs"],
                        lr=settings["lr"], false_negative_margin=settings["margin"], seed=settings["seed"])
         run_worker(job, out, log=lambda line: None)
-    capfilt = out / "capfilt-val"
+    capfilt = out / f"capfilt-val{VALIDATION['heldout_shards'] * VALIDATION['heldout_per_shard']}"
     if not (capfilt / "summary.json").is_file():
         summary = run_capfilt(CapFiltConfig(input=str(world / "heldout" / "*.tar"), output=str(capfilt),
                                             captioner=str(run / "captioner" / "caption"),
@@ -59,8 +60,14 @@ def judge(run: Path, variant: dict, world: Path) -> dict:
     quality = evidence.filter_quality(capfilt, world / "heldout" / "truth.parquet", 0.5)
     removed = {kind: entry["removed"] for kind, entry in quality["kinds"].items() if kind != "clean"}
     worst = min(removed, key=removed.get)
-    line = (f"{name}: clean kept {quality['kinds']['clean']['kept']:.3f}, worst removed {removed[worst]:.3f} "
-            f"({worst}), AUC {quality['auc']:.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in removed.items()))
+    clean = quality["kinds"]["clean"]
+
+    def interval(entry: dict) -> str:
+        return "[{:.3f}, {:.3f}]".format(*entry["interval"])
+
+    line = (f"{name}: clean kept {clean['kept']:.3f} {interval(clean)}, worst removed {removed[worst]:.3f} "
+            f"{interval(quality['kinds'][worst])} ({worst}), AUC {quality['auc']:.3f}; "
+            + ", ".join(f"{k} {v:.3f}" for k, v in removed.items()))
     print(line, flush=True)
     return quality
 
@@ -71,7 +78,7 @@ def main(argv: list[str]) -> None:
     run = Path(argv[0]).resolve()
     if not (run / "base" / "train.json").is_file() or not (run / "captioner" / "caption").is_dir():
         raise SystemExit(f"{run} holds no finished loop's base model and captioner (jobs/bootstrap.py --workdir)")
-    world = ensure_world(ROOT / "worlds" / "val1", 1, "small", {"heldout_shards": 2, "heldout_per_shard": 500})
+    world = ensure_world(ROOT / "worlds" / "val1", 1, "small", VALIDATION)
     for variant in argv[1:]:
         judge(run, json.loads(variant), world)
 

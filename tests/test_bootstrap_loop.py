@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shapeworld.captions import NOISE_KINDS
-from shapeworld.evidence import roc_auc
+from shapeworld.evidence import roc_auc, wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +22,18 @@ def test_roc_auc_known_values():
     assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), labels) == 0.5  # ties count half
     assert roc_auc(np.array([0.9, 0.3, 0.5, 0.1]), labels) == 0.75
     assert roc_auc(np.array([0.9]), np.array([True])) is None
+
+
+def test_wilson_interval_known_values():
+    # 56 of 67 wrong-shape captions removed (runs/epyc5). By hand: centre (p + z^2/2n) / (1 + z^2/n) = 0.8176,
+    # half-width z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2) = 0.0882, with p = 56/67, z = 1.96
+    low, high = wilson(56, 67)
+    assert (round(low, 3), round(high, 3)) == (0.729, 0.906)
+    assert wilson(0, 10)[0] == 0.0 and 0.0 < wilson(0, 10)[1] < 0.35
+    assert wilson(10, 10)[1] == 1.0 and 0.65 < wilson(10, 10)[0] < 1.0
+    narrow, wide = wilson(900, 1000), wilson(90, 100)  # ten times the samples: about a third of the width
+    assert 0.25 < (narrow[1] - narrow[0]) / (wide[1] - wide[0]) < 0.4
+    assert wilson(0, 0) == (0.0, 1.0)
 
 
 def run_loop(workdir: Path) -> subprocess.CompletedProcess:

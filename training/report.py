@@ -22,12 +22,14 @@ def render(report: dict) -> str:
     f = report["filter"]
     lines += ["## The filter on held-out web shards", "",
               f"{f['samples']} samples; ROC AUC of p(match), clean vs noisy: **{_num(f['auc'])}**.", "",
-              "| web caption | samples | removed | kept |", "|---|---|---|---|"]
+              "| web caption | samples | removed | kept | 95% interval |", "|---|---|---|---|---|"]
     for kind, entry in f["kinds"].items():
         removed = entry.get("removed")
         kept = entry.get("kept")
+        interval = entry.get("interval")  # absent from the reports of loops run before it was measured
         lines.append(f"| {kind} | {entry['samples']} | {_pct(removed) if removed is not None else ''} | "
-                     f"{_pct(kept) if kept is not None else ''} |")
+                     f"{_pct(kept) if kept is not None else ''} | "
+                     f"{f'{_pct(interval[0])}-{_pct(interval[1])}' if interval else ''} |")
     c = report["captions"]
     lines += ["", "## Synthetic captions on held-out images", "",
               f"{c['captions']} captions (nucleus sampling): **{_pct(c['correct'])} fully correct** (count, colour, "
