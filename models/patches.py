@@ -9,8 +9,9 @@
    an extra caption. When each image has the same number of consecutive rows, their queries also attend to the
    image's keys/values as one block, so the keys/values are neither copied per row nor read once per row at every
    decoding step. Callers opt in with `shared_image_rows(index)` and pass one state tensor per image.
-3. Fused vision attention: the ViT's attention through torch's scaled_dot_product_attention (transformers' BLIP
-   vision attention is eager only).
+3. Vision attention per image: the ViT's attention computed image by image in bf16 on CPUs (transformers'
+   eager computation, with each image's scores in cache), elsewhere through torch's scaled_dot_product_attention
+   (transformers' BLIP vision attention is eager only).
 4. Packed bf16 linear weights on CPUs (`pack_linear_weights`, applied by the roles): each nn.Linear's weight is
    reordered once into oneDNN's blocked layout, which a plain bf16 matmul otherwise does at every call. Outputs are
    bit-identical; BLIP-base CapFilt ran 1.09-1.20x faster on this CPU (BENCHMARKS.md).
@@ -109,19 +110,43 @@ def _packed_linear(layer: torch.nn.Linear):
 
 
 def _fused_vision_attention(attention: BlipAttention):
-    """The ViT's attention through torch's fused scaled_dot_product_attention: the same function as transformers'
-    eager matmul-softmax-matmul, without materialising the 577 x 577 score tensors. Attention weights are not
-    returned (nothing in capfilt asks for them)."""
+    """The ViT's attention without transformers' eager path over the whole batch (whose score tensors, 8 x 12 x 577
+    x 577 at BLIP-base, spill every cache). Attention weights are not returned (nothing in capfilt asks for them).
+
+    bf16 inference on a CPU runs transformers' eager computation one image at a time (`_eager_per_image`): the
+    same operations in the same dtype, so the same function, with each image's scores in cache. Elsewhere (fp32,
+    CUDA, training) torch's fused scaled_dot_product_attention, which never materialises the scores."""
 
     def forward(hidden_states: torch.Tensor, **kwargs):
         batch, length, dim = hidden_states.shape
         qkv = attention.qkv(hidden_states).reshape(batch, length, 3, attention.num_heads, attention.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        context = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, dropout_p=attention.dropout.p if attention.training else 0.0, scale=attention.scale)
+        if (CPU_BF16_PER_IMAGE and query.device.type == "cpu" and query.dtype == torch.bfloat16
+                and not torch.is_grad_enabled()):
+            context = _eager_per_image(query, key, value, attention.scale)
+        else:
+            context = torch.nn.functional.scaled_dot_product_attention(
+                query, key, value, dropout_p=attention.dropout.p if attention.training else 0.0,
+                scale=attention.scale)
         return attention.projection(context.transpose(1, 2).reshape(batch, length, dim)), None
 
     return forward
+
+
+# On the 2-core Zen 5 CPU of BENCHMARKS.md, one ViT attention call of BLIP-base at batch 8 (12 heads, 577 tokens,
+# bf16) took 53 ms in torch's fused CPU kernel, 70 ms eager over the whole batch, and 35 ms eager image by image.
+# The benchmark switches it off to compare (benchmarks/capfilt_bench.py).
+CPU_BF16_PER_IMAGE = True
+
+
+def _eager_per_image(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v for (batch, heads, length, dim) tensors as transformers' eager BLIP attention
+    computes it (bf16 scores scaled after the matmul, softmax along the keys), one batch element at a time."""
+    context = torch.empty_like(query)
+    for i in range(query.shape[0]):
+        scores = torch.matmul(query[i], key[i].transpose(-1, -2)).mul_(scale)
+        torch.matmul(torch.softmax(scores, dim=-1), value[i], out=context[i])
+    return context
 
 
 def _patched_forward(attention):

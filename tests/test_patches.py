@@ -131,3 +131,31 @@ def test_itm_with_equal_rows_per_image_equals_repeated_states():
     shared = matcher.itm(states, texts, image_index=index)
     assert set(seen) == {3}
     torch.testing.assert_close(shared, matcher.itm(states[index], texts), rtol=1e-5, atol=1e-6)
+
+
+def test_vision_attention_per_image_is_transformers_eager_attention_in_bf16(monkeypatch):
+    """bf16 inference on the CPU: the ViT's attention image by image gives the bits of transformers' eager attention
+    over the whole batch. fp32 and training take torch's fused kernel, equal to eager within float rounding."""
+    from transformers import BlipVisionConfig
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    from models import patches
+
+    torch.manual_seed(0)
+    attention = BlipAttention(BlipVisionConfig(hidden_size=48, num_attention_heads=4)).eval()
+    x = torch.randn(3, 37, 48)
+    patched = patches._fused_vision_attention(attention)
+    with torch.inference_mode():
+        fp32 = patched(x)[0]
+        torch.testing.assert_close(fp32, attention(x)[0])
+    fused_calls, fused = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: fused_calls.append(1) or fused(*args, **kwargs))
+    attention = attention.to(torch.bfloat16)
+    x = x.to(torch.bfloat16)
+    with torch.inference_mode():
+        eager, per_image = attention(x)[0], patched(x)[0]
+    assert torch.equal(per_image, eager) and not fused_calls  # the per-image path, not the fused kernel
+    training = patched(x.requires_grad_())[0]
+    assert fused_calls and training.requires_grad
+    torch.testing.assert_close(training, eager, rtol=0.02, atol=0.02)
