@@ -94,6 +94,13 @@ def _packed_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> i
     return 2 * math.prod(x_shape) * w_shape[0]
 
 
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch's fused CPU attention, which FlopCounterMode counts as 0: the two matmuls q k^T and p v."""
+    *batch, length, dim = query_shape
+    return 2 * math.prod(batch) * length * key_shape[-2] * (dim + value_shape[-1])
+
+
 def _packed_linear(layer: torch.nn.Linear):
     plain = layer.forward
     packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach())
@@ -141,10 +148,18 @@ CPU_BF16_PER_IMAGE = True
 
 def _eager_per_image(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T * scale) v for (batch, heads, length, dim) tensors as transformers' eager BLIP attention
-    computes it (bf16 scores scaled after the matmul, softmax along the keys), one batch element at a time."""
-    context = torch.empty_like(query)
+    computes it (bf16 scores scaled after the matmul, softmax along the keys), one batch element at a time.
+
+    A power-of-two scale (1/8 for BLIP's 64-dim heads) is applied to q instead of to the 577 x 577 scores: scaling by
+    2^n is exact and commutes with the matmul's rounding, so the bits are the same, one pass over the scores fewer."""
+    exact = math.frexp(scale)[0] == 0.5
+    if exact:
+        query = query * scale
+    context = query.new_empty((*query.shape[:-1], value.shape[-1]))
     for i in range(query.shape[0]):
-        scores = torch.matmul(query[i], key[i].transpose(-1, -2)).mul_(scale)
+        scores = torch.matmul(query[i], key[i].transpose(-1, -2))
+        if not exact:
+            scores.mul_(scale)
         torch.matmul(torch.softmax(scores, dim=-1), value[i], out=context[i])
     return context
 

@@ -116,6 +116,21 @@ def test_flop_counter_counts_packed_linear_layers():
     assert counter.get_total_flops() == 2 * 4 * 5 * 32 * 16
 
 
+def test_flop_counter_counts_fused_cpu_attention_as_its_two_matmuls():
+    """torch's counter has no formula for its fused CPU attention (it counted 0, and the benchmark's roofline missed
+    the ViTs' attention); both attention paths now count q k^T and p v."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.patches import _eager_per_image
+
+    query, key, value = torch.randn(3, 2, 16, 8), torch.randn(3, 2, 20, 8), torch.randn(3, 2, 20, 4)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fused:
+        torch.nn.functional.scaled_dot_product_attention(query, key, value)
+    with torch.inference_mode(), FlopCounterMode(display=False) as eager:
+        _eager_per_image(query, key, value, 0.5)
+    assert fused.get_total_flops() == eager.get_total_flops() == 2 * 3 * 2 * 16 * 20 * (8 + 4)
+
+
 def test_itm_with_equal_rows_per_image_equals_repeated_states():
     """With the same number of consecutive texts per image (web + synthetic captions), the texts attend to their
     image as one block; ITM and the sampled captions equal those from each image's states repeated per row."""
@@ -142,7 +157,12 @@ def test_vision_attention_per_image_is_transformers_eager_attention_in_bf16(monk
     from models import patches
 
     torch.manual_seed(0)
-    attention = BlipAttention(BlipVisionConfig(hidden_size=48, num_attention_heads=4)).eval()
+    for heads in (2, 4):  # heads of 24 and 12 dims: scales 24^-0.5 and 12^-0.5; of 16 (below): 1/4, a power of 2
+        attention = BlipAttention(BlipVisionConfig(hidden_size=48, num_attention_heads=heads)).eval().to(torch.bfloat16)
+        x = torch.randn(3, 37, 48, dtype=torch.bfloat16) * 4
+        with torch.inference_mode():
+            assert torch.equal(patches._fused_vision_attention(attention)(x)[0], attention(x)[0])
+    attention = BlipAttention(BlipVisionConfig(hidden_size=48, num_attention_heads=3)).eval()
     x = torch.randn(3, 37, 48)
     patched = patches._fused_vision_attention(attention)
     with torch.inference_mode():
