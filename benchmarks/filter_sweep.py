@@ -8,11 +8,13 @@ Each variant is a JSON object with any of epochs, margin, lr and seed (default: 
 clean_images: fine-tune on a clean set of that many images drawn as the run's world draws its own (same seed and
 stream, so a larger set holds the smaller one), built under WORKDIR/filter-sweep/. The filters and their CapFilt runs
 go under WORKDIR/filter-sweep/ (a variant already there is judged again, not retrained); the validation world (seed
-1, 8 x 500 held-out samples, as many as the loop's own) under worlds/val1. Prints one line per variant: clean captions
-kept, each noise kind removed, the worst kind (rates of both with their 95% intervals), ROC AUC.
+1, 8 x 500 held-out samples, as many as the loop's own) under worlds/val1 (`--validation DIR --validation-shards N
+--validation-per-shard M` for another). Prints one line per variant: clean captions kept, each noise kind removed,
+the worst kind (rates of both with their 95% intervals), ROC AUC.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,12 +31,11 @@ from training.bootstrap import LoopSettings  # noqa: E402
 from training.job import TrainJob, run_worker  # noqa: E402
 from training.loop import FALSE_NEGATIVE_MARGIN  # noqa: E402
 
-VALIDATION = {"heldout_shards": 8, "heldout_per_shard": 500}
 DEFAULTS = {"epochs": LoopSettings.filter_epochs, "margin": FALSE_NEGATIVE_MARGIN["filter"],
             "lr": LoopSettings.filter_lr, "seed": 0}  # the loop's filter
 
 
-def judge(run: Path, variant: dict, world: Path) -> dict:
+def judge(run: Path, variant: dict, world: Path, samples: int) -> dict:
     settings = {**DEFAULTS, **variant}
     name = "-".join(f"{key}{settings[key]}" for key in sorted(settings))
     out = run / "filter-sweep" / name
@@ -50,7 +51,7 @@ def judge(run: Path, variant: dict, world: Path) -> dict:
         job = TrainJob(task="filter", data=clean, init=str(run / "base"), output=str(out), epochs=settings["epochs"],
                        lr=settings["lr"], false_negative_margin=settings["margin"], seed=settings["seed"])
         run_worker(job, out, log=lambda line: None)
-    capfilt = out / f"capfilt-val{VALIDATION['heldout_shards'] * VALIDATION['heldout_per_shard']}"
+    capfilt = out / f"capfilt-val{samples}"  # one per size of the validation world
     if not (capfilt / "summary.json").is_file():
         summary = run_capfilt(CapFiltConfig(input=str(world / "heldout" / "*.tar"), output=str(capfilt),
                                             captioner=str(run / "captioner" / "caption"),
@@ -73,14 +74,29 @@ def judge(run: Path, variant: dict, world: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 2:
-        raise SystemExit(__doc__)
-    run = Path(argv[0]).resolve()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workdir", help="a finished loop's workdir (jobs/bootstrap.py --workdir)")
+    p.add_argument("variants", nargs="+", help="JSON objects, e.g. '{\"epochs\": 10}'")
+    p.add_argument("--validation", default=str(ROOT / "worlds" / "val1"), help="the validation world's folder")
+    p.add_argument("--validation-shards", type=int, default=8)
+    p.add_argument("--validation-per-shard", type=int, default=500)
+    args = p.parse_args(argv)
+    run = Path(args.workdir).resolve()
     if not (run / "base" / "train.json").is_file() or not (run / "captioner" / "caption").is_dir():
         raise SystemExit(f"{run} holds no finished loop's base model and captioner (jobs/bootstrap.py --workdir)")
-    world = ensure_world(ROOT / "worlds" / "val1", 1, "small", VALIDATION)
-    for variant in argv[1:]:
-        judge(run, json.loads(variant), world)
+    variants = []
+    for text in args.variants:
+        try:
+            variant = json.loads(text)
+        except ValueError as exc:
+            raise SystemExit(f"variant {text!r} is not JSON: {exc}") from None
+        if not isinstance(variant, dict) or set(variant) - {*DEFAULTS, "clean_images"}:
+            raise SystemExit(f"variant {text!r}: a JSON object with any of {', '.join([*DEFAULTS, 'clean_images'])}")
+        variants.append(variant)
+    sizes = {"heldout_shards": args.validation_shards, "heldout_per_shard": args.validation_per_shard}
+    world = ensure_world(args.validation, 1, "small", sizes)
+    for variant in variants:
+        judge(run, variant, world, args.validation_shards * args.validation_per_shard)
 
 
 if __name__ == "__main__":

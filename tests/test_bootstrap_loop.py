@@ -49,6 +49,9 @@ def test_quick_loop_end_to_end_then_resumes(tmp_path):
     assert set(kinds) == {"clean", *NOISE_KINDS}
     assert sum(k["samples"] for k in kinds.values()) == report["filter"]["samples"] == 100  # every held-out sample
     assert 0.0 <= report["filter"]["auc"] <= 1.0
+    for kind in kinds.values():  # every rate with its 95% interval around it
+        low, high = kind["interval"]
+        assert low <= kind.get("kept", kind.get("removed")) <= high
     assert report["captions"]["captions"] == 100 * report["settings"]["num_captions"]
     assert report["bootstrapped"]["samples"] > 0
     assert {"shapes_caption:CIDEr", "shapes_retrieval:i2t_r1"} <= set(report["comparison"])
@@ -71,3 +74,13 @@ def test_quick_loop_end_to_end_then_resumes(tmp_path):
     assert second["filter"] == report["filter"] and second["comparison"] == report["comparison"]
     stages = {k: v for k, v in report["seconds"].items() if k != "total this invocation"}
     assert "train boot-seed0" in stages and {k: second["seconds"][k] for k in stages} == stages  # the first run's
+
+    # the filter sweep of RESULTS.md on this loop: a filter fine-tuned from its base, judged on a validation world
+    sweep = subprocess.run([sys.executable, str(ROOT / "benchmarks/filter_sweep.py"), str(tmp_path / "loop"),
+                            '{"epochs": 1}', "--validation", str(tmp_path / "val"), "--validation-shards", "1",
+                            "--validation-per-shard", "40"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    line = next(line for line in sweep.stdout.splitlines() if line.startswith("epochs1-"))
+    assert "clean kept" in line and "worst removed" in line and "AUC" in line, line
+    assert (tmp_path / "loop/filter-sweep/epochs1-lr0.0005-margin0.15-seed0/capfilt-val40/summary.json").is_file()
+    assert json.loads((tmp_path / "val/WORLD.json").read_text())["counts"]["heldout"] == 40
