@@ -60,7 +60,7 @@ def patch_blip_text(model: torch.nn.Module) -> torch.nn.Module:
     """Apply the changes to every attention of `model` (idempotent)."""
     for layer in model.modules():
         if isinstance(layer, BlipAttention) and not getattr(layer, "_capfilt_patched", False):
-            layer.forward = _fused_vision_attention(layer)
+            layer.forward = _vision_attention(layer)
             layer._capfilt_patched = True
         if isinstance(layer, BlipTextLayer) and hasattr(layer, "crossattention"):
             attention = layer.crossattention.self
@@ -116,7 +116,7 @@ def _packed_linear(layer: torch.nn.Linear):
     return forward
 
 
-def _fused_vision_attention(attention: BlipAttention):
+def _vision_attention(attention: BlipAttention):
     """The ViT's attention without transformers' eager path over the whole batch (whose score tensors, 8 x 12 x 577
     x 577 at BLIP-base, spill every cache). Attention weights are not returned (nothing in capfilt asks for them).
 

@@ -161,10 +161,10 @@ def test_vision_attention_per_image_is_transformers_eager_attention_in_bf16(monk
         attention = BlipAttention(BlipVisionConfig(hidden_size=48, num_attention_heads=heads)).eval().to(torch.bfloat16)
         x = torch.randn(3, 37, 48, dtype=torch.bfloat16) * 4
         with torch.inference_mode():
-            assert torch.equal(patches._fused_vision_attention(attention)(x)[0], attention(x)[0])
+            assert torch.equal(patches._vision_attention(attention)(x)[0], attention(x)[0])
     attention = BlipAttention(BlipVisionConfig(hidden_size=48, num_attention_heads=3)).eval()
     x = torch.randn(3, 37, 48)
-    patched = patches._fused_vision_attention(attention)
+    patched = patches._vision_attention(attention)
     with torch.inference_mode():
         fp32 = patched(x)[0]
         torch.testing.assert_close(fp32, attention(x)[0])
