@@ -54,8 +54,9 @@ class LoopSettings:
     # epoch the raw models' CIDEr swung with the seed more than the gap; after 2 the worst bootstrapped model beats
     # the best raw one on every metric, and 3 widen the gap at 1.5x the cost (RESULTS.md)
     # Fine-tuning runs over the clean set (800 images). The steps are those found over 400 images (10, 15 and 20
-    # epochs there): twice the images in as many steps kept 91.9-92.6% of clean captions at 90.4-90.8% of every noise
-    # kind removed on a validation world, against 83.5-84.7% kept over 400 (benchmarks/filter_sweep.py, RESULTS.md).
+    # epochs there): twice the images in as many steps kept 91-93% of clean captions on a 4,000-sample validation
+    # world, against 83.5-84.7% over 400; the worst noise kind removed was 86-92%, depending on the base model, and
+    # more filter epochs only trade one for the other (benchmarks/filter_sweep.py, RESULTS.md).
     caption_epochs: float = 5  # longer over-fitted the 400 images
     filter_epochs: float = 7.5
     vqa_epochs: float = 10  # yes/no questions stayed near chance up to 9-12 epochs of 400 images, 95% at 20
