@@ -4,7 +4,7 @@ drawn with another seed than the loop's, so the choice is not made on the data t
 
     .venv/bin/python benchmarks/filter_sweep.py runs/bootstrap '{"epochs": 15, "margin": 0.15}' '{"epochs": 10}' ...
 
-Each variant is a JSON object with any of epochs, margin, lr and seed (default: the loop's, seed 0), and
+Each variant is a JSON object with any of epochs, margin, lr, batch_size and seed (default: the loop's, seed 0), and
 clean_images: fine-tune on a clean set of that many images drawn as the run's world draws its own (same seed and
 stream, so a larger set holds the smaller one), built under WORKDIR/filter-sweep/. The filters and their CapFilt runs
 go under WORKDIR/filter-sweep/ (a variant already there is judged again, not retrained); the validation world (seed
@@ -32,7 +32,7 @@ from training.job import TrainJob, run_worker  # noqa: E402
 from training.loop import FALSE_NEGATIVE_MARGIN  # noqa: E402
 
 DEFAULTS = {"epochs": LoopSettings.filter_epochs, "margin": FALSE_NEGATIVE_MARGIN["filter"],
-            "lr": LoopSettings.filter_lr, "seed": 0}  # the loop's filter
+            "lr": LoopSettings.filter_lr, "batch_size": LoopSettings.filter_batch_size, "seed": 0}  # the loop's filter
 
 
 def judge(run: Path, variant: dict, world: Path, samples: int) -> dict:
@@ -49,7 +49,8 @@ def judge(run: Path, variant: dict, world: Path, samples: int) -> dict:
         clean = {"format": "coco_karpathy", "annotations": str(folder / "annotations/train.json"),
                  "images": str(folder / "images")}
         job = TrainJob(task="filter", data=clean, init=str(run / "base"), output=str(out), epochs=settings["epochs"],
-                       lr=settings["lr"], false_negative_margin=settings["margin"], seed=settings["seed"])
+                       lr=settings["lr"], false_negative_margin=settings["margin"], seed=settings["seed"],
+                       batch_size=settings["batch_size"])
         run_worker(job, out, log=lambda line: None)
     capfilt = out / f"capfilt-val{samples}"  # one per size of the validation world
     if not (capfilt / "summary.json").is_file():

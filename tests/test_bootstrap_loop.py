@@ -77,10 +77,12 @@ def test_quick_loop_end_to_end_then_resumes(tmp_path):
 
     # the filter sweep of RESULTS.md on this loop: a filter fine-tuned from its base, judged on a validation world
     sweep = subprocess.run([sys.executable, str(ROOT / "benchmarks/filter_sweep.py"), str(tmp_path / "loop"),
-                            '{"epochs": 1}', "--validation", str(tmp_path / "val"), "--validation-shards", "1",
-                            "--validation-per-shard", "40"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+                            '{"epochs": 1, "batch_size": 16}', "--validation", str(tmp_path / "val"),
+                            "--validation-shards", "1", "--validation-per-shard", "40"],
+                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    line = next(line for line in sweep.stdout.splitlines() if line.startswith("epochs1-"))
+    line = next(line for line in sweep.stdout.splitlines() if line.startswith("batch_size16-epochs1-"))
     assert "clean kept" in line and "worst removed" in line and "AUC" in line, line
-    assert (tmp_path / "loop/filter-sweep/epochs1-lr0.0005-margin0.15-seed0/capfilt-val40/summary.json").is_file()
+    variant = tmp_path / "loop/filter-sweep/batch_size16-epochs1-lr0.0005-margin0.15-seed0"
+    assert (variant / "capfilt-val40/summary.json").is_file()
     assert json.loads((tmp_path / "val/WORLD.json").read_text())["counts"]["heldout"] == 40
