@@ -14,11 +14,12 @@ def _num(value) -> str:
 
 def render(report: dict) -> str:
     s = report["settings"]
+    filter_batch = s.get("filter_batch_size", s["batch_size"])  # absent from reports of loops before it was set
     lines = ["# Bootstrapping on the shape world", "",
              f"World seed {s['world_seed']} ({s['world_size']}), pre-training seeds {', '.join(map(str, s['seeds']))}, "
              f"base model {s.get('base_epochs', s['pretrain_epochs'])} pre-training epochs, compared models "
-             f"{s['pretrain_epochs']}, batch {s['batch_size']}, {s['num_captions']} synthetic caption(s) per image, "
-             f"filter threshold {s['threshold']}.", ""]
+             f"{s['pretrain_epochs']}, batch {s['batch_size']} (filter fine-tuning {filter_batch}), "
+             f"{s['num_captions']} synthetic caption(s) per image, filter threshold {s['threshold']}.", ""]
     f = report["filter"]
     lines += ["## The filter on held-out web shards", "",
               f"{f['samples']} samples; ROC AUC of p(match), clean vs noisy: **{_num(f['auc'])}**.", "",
