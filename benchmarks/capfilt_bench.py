@@ -38,15 +38,30 @@ from pipelines.writer import RunDir  # noqa: E402
 NEW_TOKENS = 20
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    """GFLOP/s of an n x n x n matmul on all threads."""
+def matmul_kernels(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Ways to compute a @ b: torch.mm, and for bf16 on a CPU with oneDNN a matmul against b packed once, as the
+    models' bf16 linear layers run (models/patches.py; torch.mm reorders its operand at every call)."""
+    kernels = {"torch.mm": lambda: torch.mm(a, b)}
+    if a.dtype == torch.bfloat16 and a.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous())  # (out, in), as nn.Linear holds it
+        kernels["packed"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+    return kernels
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
+    """GFLOP/s of an n x n x n matmul on all threads, per kernel of `matmul_kernels`. The roofline takes the
+    fastest: on the Zen 5 of BENCHMARKS.md the packed matmul measured about 1.1x torch.mm, and the models' own
+    linear layers ran faster than torch.mm's figure."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    peaks = {}
+    for name, run in matmul_kernels(a, b).items():
+        run()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            run()
+            count += 1
+        peaks[name] = 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    return peaks
 
 
 def make_shards(directory: Path, shards: int, per_shard: int) -> list[Path]:
@@ -194,7 +209,9 @@ def main(argv=None) -> int:
 
 
 def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tuple[str, str]]:
-    """Ray's overhead alone: the same shards through the job and through one process."""
+    """Ray's overhead alone: the same shards through the job and through one process; and the job's share of the
+    bf16 roofline over these shards (at 1,000 samples a shard, the steady state a real run sees)."""
+    peak16 = max(matmul_peak(torch.bfloat16).values())
     stage = CapFiltStage(captioner, filter_name, precision="auto")
     sample = sampling(prompt_length(stage), 1)
     stage.sampling = sample
@@ -202,20 +219,27 @@ def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tu
         tmp = Path(tmp)
         shards = make_shards(tmp / "shards", count, args.per_shard)
         warm = make_shards(tmp / "warm", 1, min(args.per_shard, args.batch_size))
-        stage(next(shard_batches("w", str(warm[0]), stage.image_sizes, args.batch_size)))  # warm
+        first = next(shard_batches("w", str(warm[0]), stage.image_sizes, args.batch_size))
+        stage(first)  # warm
+        flops = flops_per_image(stage, first)
         inproc = inprocess_seconds(stage, shards, str(tmp / "inproc"), args.batch_size)
         del stage
         job_run(warm, str(tmp / "warm-job"), captioner, filter_name, sample, args.batch_size, args.threads)
         job = job_run(shards, str(tmp / "job"), captioner, filter_name, sample, args.batch_size, args.threads)
+    job_ips, roofline_ips = job["samples"] / job["seconds"], peak16 * 1e9 / flops
     return [(f"same work in one process, {count} shard(s) x {args.per_shard}",
              f"{job['samples'] / inproc:.3f} images/s, {inproc:.1f} s"),
             (f"job on Ray, N=1, {count} shard(s) x {args.per_shard}",
-             f"{job['samples'] / job['seconds']:.3f} images/s, {job['seconds']:.1f} s "
-             f"(Ray overhead {job['seconds'] / inproc - 1:+.1%}), peak RSS {job['peak_gb']:.2f} GiB")]
+             f"{job_ips:.3f} images/s, {job['seconds']:.1f} s "
+             f"(Ray overhead {job['seconds'] / inproc - 1:+.1%}), peak RSS {job['peak_gb']:.2f} GiB"),
+            ("bf16 roofline at the measured peak, N=1",
+             f"{roofline_ips:.3f} images/s at {peak16:.0f} GFLOP/s and {flops / 1e9:.1f} GFLOP per image "
+             f"(job reaches {job_ips / roofline_ips:.0%})")]
 
 
 def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list[tuple[str, str]]:
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    peaks32, peaks16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    peak16 = max(peaks16.values())
     stage = CapFiltStage(captioner, filter_name, precision="auto")
     prompt_len = prompt_length(stage)
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,9 +285,11 @@ def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list
     job_ips = biggest["samples"] / biggest["seconds"]
     roofline_ips = peak16 * 1e9 / results[1]["flops"]
     rows = [
-        ("matmul peak fp32 / bf16", f"{peak32:.0f} / {peak16:.0f} GFLOP/s"),
+        ("matmul peak fp32 / bf16", f"{peaks32['torch.mm']:.0f} / {peak16:.0f} GFLOP/s (bf16: "
+                                    + ", ".join(f"{k} {v:.0f}" for k, v in peaks16.items()) + ")"),
         ("FLOPs per image, N=1 / N=5", f"{results[1]['flops'] / 1e9:.1f} / {results[5]['flops'] / 1e9:.1f} GFLOP"),
-        ("stage only (one process), N=1", f"{1 / results[1]['stage_s']:.3f} images/s"),
+        ("stage only (one process), N=1", f"{1 / results[1]['stage_s']:.3f} images/s "
+                                          f"({1 / results[1]['stage_s'] / roofline_ips:.0%} of the roofline)"),
         *([("stage only, N=1, bf16 weights not packed", f"{1 / plain_s:.3f} images/s (packed weights "
                                                          f"{plain_s / results[1]['stage_s']:.2f}x faster)")]
           if plain_s else []),

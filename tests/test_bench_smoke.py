@@ -36,7 +36,29 @@ def test_benchmark_overhead_mode(tmp_path):
     text = table.read_text()
     assert "same work in one process, 2 shard(s) x 6" in text
     assert "job on Ray, N=1, 2 shard(s) x 6" in text and "Ray overhead" in text
+    assert "bf16 roofline" in text and "job reaches" in text
     assert "naive" not in text  # the other measures are skipped
+
+
+def test_matmul_peak_kernels_compute_the_product():
+    """Every kernel the roofline's peak is measured with computes a @ b (so its FLOPs are those counted), and the
+    peak has a positive rate per kernel."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("capfilt_bench", ROOT / "benchmarks/capfilt_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(64, 48, dtype=dtype), torch.randn(48, 80, dtype=dtype)
+        kernels = bench.matmul_kernels(a, b)
+        if dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+            assert set(kernels) == {"torch.mm", "packed"}
+        for name, run in kernels.items():
+            torch.testing.assert_close(run().float(), a.float() @ b.float(), rtol=2e-2, atol=2e-1, msg=name)
+        peaks = bench.matmul_peak(dtype, n=128, seconds=0.05)
+        assert set(peaks) == set(kernels) and all(rate > 0 for rate in peaks.values())
 
 
 @pytest.mark.parametrize("compare,variants", [("attention", {"fused", "math"}),
