@@ -6,7 +6,8 @@
 
 Every figure is measured in this run, on this machine; generation is forced to 20 new tokens per caption so a run
 costs what a real caption costs. The roofline is the FLOPs per image (torch's FlopCounterMode on the real code path)
-at the machine's bf16 matmul peak, the faster of torch.mm and a packed oneDNN matmul (`matmul_peak`). Prints a Markdown table (and writes it with --markdown FILE).
+at the machine's bf16 matmul peak, the faster of torch.mm and a packed oneDNN matmul (`matmul_peak`). Prints a
+Markdown table (and writes it with --markdown FILE).
 """
 from __future__ import annotations
 
