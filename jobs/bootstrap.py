@@ -26,8 +26,8 @@ from pipelines.sources import LocationError  # noqa: E402
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 # The reduced loop checks the machinery, not quality: tiny models trained for seconds score near chance, so its
 # filter threshold sits under ITM's prior (1/3 of the pairs it is trained on match) to leave captions to export.
-QUICK = dict(world_size="small", seeds=(0,), model_size="tiny", base_epochs=2, pretrain_epochs=2, caption_epochs=2,
-             filter_epochs=2, filter_batch_size=16, vqa_epochs=1, batch_size=16, eval_limit=20, threshold=0.2)
+QUICK = dict(world_size="small", seeds=(0,), model_size="tiny", vision_epochs=2, base_epochs=2, pretrain_epochs=2,
+             caption_epochs=2, filter_epochs=2, filter_batch_size=16, vqa_epochs=1, batch_size=16, eval_limit=20, threshold=0.2)
 
 
 def parse_args(argv):
@@ -36,7 +36,7 @@ def parse_args(argv):
     p.add_argument("--workdir", required=True, help="folder for the world, the models, the runs and the report")
     p.add_argument("--seeds", help="comma-separated pre-training seeds (default 0,1,2)")
     p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--base-epochs", type=float, help="pre-training of the base model that bootstraps (default 15)")
+    p.add_argument("--base-epochs", type=float, help="pre-training of the base model that bootstraps (default 10)")
     p.add_argument("--pretrain-epochs", type=float, help="pre-training of each compared model (default 2)")
     p.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=None,
                    help="pre-train with BLIP's encoder-decoder tie, all but self-attention shared (default: on)")

@@ -1,6 +1,7 @@
 r"""Training job: pre-train a small BLIP on webdataset shards, or fine-tune a captioner, a filter or a VQA model.
 
-    python jobs/train.py pretrain --shards 'world/web/{00000..00007}.tar' --output runs/pre --epochs 4
+    python jobs/train.py classify --shards 'world/labelled/*.tar' --output runs/vit --epochs 12
+    python jobs/train.py pretrain --shards 'world/web/{00000..00007}.tar' --init runs/vit --output runs/pre --epochs 4
     python jobs/train.py caption --annotations world/clean/annotations/train.json --images world/clean/images \
         --init runs/pre --output runs/captioner
     python jobs/train.py filter  --annotations ... --images ... --init runs/pre --output runs/filter
@@ -8,9 +9,12 @@ r"""Training job: pre-train a small BLIP on webdataset shards, or fine-tune a ca
         --images world/clean/images --init runs/pre --output runs/vqa
 
 Objectives (BLIP's): pretrain = ITC + ITM with hard negatives + LM; caption = LM; filter = ITC + ITM; vqa = the
-answer decoder's LM. Runs on Ray Train (one CPU worker by default; `--workers N` on a cluster, GPUs used when the
-cluster has them). OUTPUT receives the exported roles in Hugging Face layout (caption/, retrieval/ or vqa/: give
-them to jobs/capfilt.py or jobs/evaluate.py as model names) and train.json (recipe, data counts, loss history).
+answer decoder's LM. classify pre-trains the vision encoder alone on labelled shards (KEY.jpg + KEY.json
+{"labels": {name: class index}}): a cross-entropy per label on its [CLS] state, as BLIP starts from a ViT pre-trained
+on ImageNet; a pretrain with `--init` on its output starts from that encoder. Runs on Ray Train (one CPU worker by
+default; `--workers N` on a cluster, GPUs used when the cluster has them). OUTPUT receives the exported roles in
+Hugging Face layout (caption/, retrieval/ or vqa/: give them to jobs/capfilt.py or jobs/evaluate.py as model names;
+vision/ for classify) and train.json (recipe, data counts, loss history).
 Exit codes: 0 done, 2 a usage, data or model problem (one `error:` line).
 """
 from __future__ import annotations
@@ -27,8 +31,8 @@ from pipelines.sources import LocationError  # noqa: E402
 from training.job import TrainJob  # noqa: E402
 from training.loop import TASK_OBJECTIVES  # noqa: E402
 
-DEFAULT_EPOCHS = {"pretrain": 4, "caption": 8, "filter": 8, "vqa": 8}
-DEFAULT_LR = {"pretrain": 5e-4, "caption": 2e-4, "filter": 2e-4, "vqa": 2e-4}
+DEFAULT_EPOCHS = {"classify": 12, "pretrain": 4, "caption": 8, "filter": 8, "vqa": 8}
+DEFAULT_LR = {"classify": 2e-3, "pretrain": 5e-4, "caption": 2e-4, "filter": 2e-4, "vqa": 2e-4}
 
 
 class UsageError(Exception):
@@ -44,11 +48,12 @@ def parse_args(argv):
     p = _Parser(prog="jobs/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=sorted(TASK_OBJECTIVES), help="what to train")
     p.add_argument("--output", required=True, help="folder for the exported model(s) and train.json")
-    p.add_argument("--shards", help="pretrain: webdataset shards (path, glob, brace range or URL)")
+    p.add_argument("--shards", help="pretrain, classify: webdataset shards (path, glob, brace range or URL)")
     p.add_argument("--annotations", help="caption / filter: COCO-Karpathy JSON; vqa: the annotations JSON")
     p.add_argument("--questions", help="vqa: the questions JSON (VQAv2 format)")
     p.add_argument("--images", help="the folder the annotation files' image paths are relative to")
-    p.add_argument("--init", help="a previous training job's output folder (required to fine-tune)")
+    p.add_argument("--init", help="a previous training job's output folder (required to fine-tune; pretrain: a "
+                                  "classify job's, for its vision encoder)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float)
@@ -66,7 +71,7 @@ def parse_args(argv):
 
 
 def job_from_args(args) -> TrainJob:
-    if args.task == "pretrain":
+    if args.task in ("pretrain", "classify"):
         data = {"format": "webdataset", "shards": args.shards}
     elif args.task == "vqa":
         data = {"format": "vqa", "questions": args.questions, "annotations": args.annotations, "images": args.images}
@@ -89,7 +94,8 @@ def main(argv=None) -> int:
         return 2
     last = record["history"][-1] if record["history"] else {}
     print(f"trained {job.task} in {record['seconds']}s on {record['samples']} samples: "
-          + ", ".join(f"{k} {last[k]}" for k in ("itc", "itm", "lm", "vqa") if k in last) + f" -> {job.output}")
+          + ", ".join(f"{k} {last[k]}" for k in ("itc", "itm", "lm", "vqa", "classify") if k in last)
+          + f" -> {job.output}")
     return 0
 
 

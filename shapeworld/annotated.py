@@ -1,4 +1,6 @@
-"""Annotated sets in the official formats evaluation/datasets reads: COCO Karpathy captions, VQAv2, NLVR2, RefCOCO."""
+"""Annotated sets in the official formats evaluation/datasets reads: COCO Karpathy captions, VQAv2, NLVR2, RefCOCO;
+and the labelled images that pre-train the vision encoder (the ImageNet role), as webdataset shards of KEY.jpg +
+KEY.json with the image's class labels."""
 from __future__ import annotations
 
 import json
@@ -9,8 +11,10 @@ import numpy as np
 
 from shapeworld.captions import phrasings
 from shapeworld.questions import answer_list, nlvr_statement, referring_expressions, vqa_questions
-from shapeworld.scenes import SHAPES, Scene, combinations, render, sample_mixed_scene, sample_scene
-from shapeworld.web import JPEG_QUALITY
+from shapeworld.scenes import (COLORS, COUNTS, POSITIONS, SHAPES, Scene, combinations, render, sample_mixed_scene,
+                               sample_scene)
+from pipelines.demo_data import write_tar
+from shapeworld.web import JPEG_QUALITY, jpeg
 
 REFERENCES = 5  # reference captions per image
 
@@ -68,6 +72,31 @@ def write_clean(root: Path, rng: np.random.Generator, count: int) -> dict:
              for image_id, scene in zip(ids, scenes) for k, q in enumerate(vqa_questions(scene, rng))]
     write_vqa(root / "vqa/questions.json", root / "vqa/annotations.json", items, "train2014")
     return {"images": count, "vqa_questions": len(items)}
+
+
+def label_names() -> dict[str, list[str]]:
+    """The labelled set's classes per attribute, in index order."""
+    return {"shape": list(SHAPES), "color": list(COLORS), "count": [COUNTS[n] for n in sorted(COUNTS)],
+            "position": list(POSITIONS)}
+
+
+def write_labelled(root: Path, rng: np.random.Generator, shards: int, per_shard: int) -> dict:
+    """The ImageNet role: webdataset shards of KEY.jpg + KEY.json {"labels": {attribute: class index}} over group
+    scenes drawn uniformly (shape, colour, count and position, each a classification), and classes.json (each
+    attribute's class names in index order)."""
+    names = label_names()
+    for shard in range(shards):
+        members = []
+        for n in range(per_shard):
+            scene = sample_scene(rng)
+            key = f"{shard:05d}{n:04d}"
+            labels = {attribute: names[attribute].index(value) for attribute, value in
+                      (("shape", scene.shape), ("color", scene.color), ("count", COUNTS[scene.count]),
+                       ("position", scene.position))}
+            members += [(f"{key}.jpg", jpeg(scene)), (f"{key}.json", json.dumps({"labels": labels}).encode())]
+        write_tar(root / f"{shard:05d}.tar", members)
+    dump(root / "classes.json", names)
+    return {"images": shards * per_shard, "classes": {attribute: len(v) for attribute, v in names.items()}}
 
 
 def distinct_scenes(rng: np.random.Generator, count: int) -> list[Scene]:

@@ -1,4 +1,4 @@
-"""Building the whole world on disk: web and held-out shards, the clean annotated set, the test sets.
+"""Building the whole world on disk: web and held-out shards, the labelled set, the clean annotated set, the test sets.
 
     python -m shapeworld DIR [--seed S] [--size small|default]
 
@@ -30,6 +30,8 @@ class WorldSize:
     web_per_shard: int
     heldout_shards: int
     heldout_per_shard: int
+    labelled_shards: int  # the ImageNet role: labelled images that pre-train the vision encoder
+    labelled_per_shard: int
     clean_images: int
     test_images: int  # caption / retrieval images, each a different combination (at most 288)
     vqa_questions: int  # over the test images, at most 6 per image
@@ -41,12 +43,15 @@ SIZES: dict[str, WorldSize] = {
     # 4,000 held-out samples: each noise kind is about 7% of them, and its removal rate is then known to about +-3.5
     # points (95%), against +-7 at 1,000, too wide to tell a filter at 90% from one at 85%. 1,600 clean images (the
     # COCO role): the filter fine-tuned on them kept 2-4 points more clean captions than on 800 (RESULTS.md)
-    "default": WorldSize(web_shards=32, web_per_shard=500, heldout_shards=8, heldout_per_shard=500, clean_images=1600,
-                         test_images=150, vqa_questions=400, nlvr_pairs=200, refs=120),
-    "small": WorldSize(web_shards=2, web_per_shard=100, heldout_shards=1, heldout_per_shard=100, clean_images=60,
-                       test_images=30, vqa_questions=60, nlvr_pairs=40, refs=20),
+    "default": WorldSize(web_shards=32, web_per_shard=500, heldout_shards=8, heldout_per_shard=500, labelled_shards=32,
+                         labelled_per_shard=500, clean_images=1600, test_images=150, vqa_questions=400, nlvr_pairs=200,
+                         refs=120),
+    "small": WorldSize(web_shards=2, web_per_shard=100, heldout_shards=1, heldout_per_shard=100, labelled_shards=2,
+                       labelled_per_shard=100, clean_images=60, test_images=30, vqa_questions=60, nlvr_pairs=40,
+                       refs=20),
 }
-STREAMS = {"web": 0, "heldout": 1, "clean": 2, "test_captions": 3, "test_vqa": 4, "test_nlvr2": 5, "test_refcoco": 6}
+STREAMS = {"web": 0, "heldout": 1, "clean": 2, "test_captions": 3, "test_vqa": 4, "test_nlvr2": 5, "test_refcoco": 6,
+           "labelled": 7}
 
 
 def resolve_size(size: str = "default", sizes: dict | None = None) -> WorldSize:
@@ -64,6 +69,8 @@ def _write_parts(work: Path, seed: int, n: WorldSize) -> dict:
     counts = {
         "web": write_web(work / "web", seed, STREAMS["web"], n.web_shards, n.web_per_shard),
         "heldout": write_web(work / "heldout", seed, STREAMS["heldout"], n.heldout_shards, n.heldout_per_shard),
+        "labelled": annotated.write_labelled(work / "labelled", stream(seed, "labelled"), n.labelled_shards,
+                                             n.labelled_per_shard),
         "clean": annotated.write_clean(work / "clean", stream(seed, "clean"), n.clean_images),
     }
     test = work / "test"

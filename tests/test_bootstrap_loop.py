@@ -60,9 +60,13 @@ def test_quick_loop_end_to_end_then_resumes(tmp_path):
     assert 0.0 <= finetuned["shapes_vqa"]["accuracy"] <= 100.0
     assert "skipped" in finetuned["shapes_nlvr2"]  # no NLVR2 model class yet: reported, not faked
     assert "ROC AUC" in (tmp_path / "loop/REPORT.md").read_text()
-    # one Ray Train run per group of jobs: the base with the fine-tuning from it and the raw models; the bootstrapped
-    assert {"train base, captioner, filter, vqa, raw-seed0", "train boot-seed0"} <= set(report["seconds"])
-    assert list(report["job_seconds"]) == ["base", "captioner", "filter", "vqa", "raw-seed0", "boot-seed0"]
+    # one Ray Train run per group of jobs: the vision encoder, the base with the fine-tuning from it and the raw
+    # models; the bootstrapped
+    assert {"train vision, base, captioner, filter, vqa, raw-seed0", "train boot-seed0"} <= set(report["seconds"])
+    assert list(report["job_seconds"]) == ["vision", "base", "captioner", "filter", "vqa", "raw-seed0", "boot-seed0"]
+    for name in ("base", "raw-seed0", "boot-seed0"):  # every pre-training starts from the vision encoder
+        assert json.loads((tmp_path / "loop" / name / "train.json").read_text())["job"]["init"] == str(
+            tmp_path / "loop" / "vision")
     assert all(seconds > 0 for seconds in report["job_seconds"].values())
     worker_lines = [line for line in first.stdout.splitlines() if "RayTrainWorker" in line and "train " in line]
     assert worker_lines and len(worker_lines) == len(set(worker_lines))  # each progress line shown once

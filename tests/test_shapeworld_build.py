@@ -14,9 +14,10 @@ from evaluation.loaders import check_images, load_dataset
 from evaluation.suite import SUITE_DIR, load_suite
 from pipelines.reader import RawSample, read_shard
 from shapeworld.__main__ import main
-from shapeworld.build import MARKER, SIZES, build_world, ensure_world
+from shapeworld.build import MARKER, SIZES, build_world, ensure_world, stream
 from shapeworld.captions import NOISE_KINDS, parse
-from shapeworld.scenes import combinations
+from shapeworld.scenes import COLORS, COUNTS, combinations, sample_scene
+from shapeworld.web import jpeg
 
 SMALL = SIZES["small"]
 ATTRIBUTES = ("shape", "color", "count", "position")
@@ -49,7 +50,7 @@ def test_parts_draw_from_separate_streams(world, tmp_path):
     smaller = _files(build_world(tmp_path / "w", seed=0, size="small", sizes={"web_shards": 1, "clean_images": 10}))
     first = _files(world)
     assert "web/00001.tar" not in smaller and smaller["web/00000.tar"] == first["web/00000.tar"]
-    same = [k for k in first if k.startswith(("heldout/", "test/"))]
+    same = [k for k in first if k.startswith(("heldout/", "test/", "labelled/"))]
     assert same and all(smaller[k] == first[k] for k in same)
     assert smaller["clean/annotations/train.json"] != first["clean/annotations/train.json"]
 
@@ -68,6 +69,24 @@ def test_marker_lists_the_build_and_ensure_world_rebuilds_only_when_needed(world
     (root / MARKER).unlink()
     ensure_world(root, seed=4, size="small")
     assert (root / MARKER).is_file()
+
+
+def test_labelled_set_labels_each_image_with_its_scene(world):
+    """KEY.jpg + KEY.json {"labels": {attribute: class index}} per sample, the class names in classes.json; each
+    image is the scene its labels say (the scenes drawn again from the part's stream render to the same bytes)."""
+    names = json.loads((world / "labelled" / "classes.json").read_text())
+    assert names == {"shape": ["circle", "square", "triangle", "cross"], "color": list(COLORS),
+                     "count": ["one", "two", "three"], "position": ["left", "right", "top", "bottom"]}
+    rng = stream(0, "labelled")
+    samples = [s for shard in range(SMALL.labelled_shards)
+               for s in read_shard(str(world / "labelled" / f"{shard:05d}.tar"))]
+    assert len(samples) == SMALL.labelled_shards * SMALL.labelled_per_shard
+    for sample in samples:
+        scene = sample_scene(rng)
+        assert set(sample.members) == {"jpg", "json"} and sample.members["jpg"] == jpeg(scene)
+        labels = json.loads(sample.members["json"])["labels"]
+        assert {k: names[k][v] for k, v in labels.items()} == {
+            "shape": scene.shape, "color": scene.color, "count": COUNTS[scene.count], "position": scene.position}
 
 
 @pytest.mark.parametrize("part, shards", [("web", SMALL.web_shards), ("heldout", SMALL.heldout_shards)])

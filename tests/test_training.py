@@ -13,10 +13,13 @@ from models.captioner import Captioner
 from models.loading import load_checkpoint
 from models.matcher import Matcher
 from shapeworld.build import ensure_world
-from training.data import load_captions, load_questions, load_shards, pixel_values
-from training.job import TrainJob
+from pipelines.demo_data import write_tar
+from pipelines.reader import read_shard
+from safetensors.torch import load_file
+from training.data import load_captions, load_labelled, load_questions, load_shards, pixel_values
+from training.job import TrainJob, build_model, check_inputs, run_worker
 from training.loop import FALSE_NEGATIVE_MARGIN
-from training.model import BlipTrainee, world_config, world_tokenizer
+from training.model import BlipTrainee, VisionClassifier, world_config, world_tokenizer
 from training.objectives import _draw, losses, tokenize, tokenize_questions
 
 
@@ -78,6 +81,63 @@ def test_vqa_objective_lowers_its_loss(world, tokenizer):
     batch = tokenize_questions(tokenizer, [data.questions[i] for i in rows], [data.answers[i][0] for i in rows])
     first, last = overfit(fresh(tokenizer), lambda: (pixels, batch), "vqa")
     assert last < 0.5 * first, (first, last)
+
+
+def test_classify_objective_lowers_its_loss(world, tokenizer):
+    """The vision encoder's pre-training (the ImageNet role) learns one batch's classes."""
+    data = load_labelled(str(world / "labelled" / "*.tar"), 32)
+    rows = np.arange(8)
+    pixels, labels = pixel_values(data.images[rows]), torch.from_numpy(data.labels[rows])
+    model = VisionClassifier.create(world_config(tokenizer, "tiny"), data.classes(), seed=0)
+    first, last = overfit(model, lambda: (pixels, labels), "classify")
+    chance = float(np.log([4, 6, 3, 4]).sum())  # uniform over each attribute's classes
+    assert first > 0.9 * chance and last < 0.1 * first, (first, last)
+
+
+def test_labelled_shards_load_with_every_sample_accounted(world, tmp_path):
+    data = load_labelled(str(world / "labelled" / "*.tar"), 32)
+    assert len(data) == 200 and data.images.shape == (200, 32, 32, 3) and not data.skipped
+    assert data.names == ("color", "count", "position", "shape") and data.labels.shape == (200, 4)
+    assert data.classes() == {"color": 6, "count": 3, "position": 4, "shape": 4}
+    image = next(iter(read_shard(str(world / "labelled" / "00000.tar")))).members["jpg"]
+
+    def labelled(key, value):
+        return [(f"{key}.jpg", image), (f"{key}.json", json.dumps({"labels": value}).encode())]
+
+    write_tar(tmp_path / "odd.tar", labelled("a", {"shape": 2, "color": 1}) + labelled("b", {"shape": "two"})
+              + labelled("c", {"shape": 1}) + [("d.jpg", image)] + labelled("e", {"color": 0, "shape": 3})
+              + [("f.jpg", b"not an image"), ("f.json", b'{"labels": {"shape": 1, "color": 1}}')])
+    odd = load_labelled(str(tmp_path / "odd.tar"), 32)
+    assert odd.names == ("color", "shape") and odd.labels.tolist() == [[1, 2], [0, 3]]
+    assert odd.skipped == {"missing_labels": 3, "not_an_image": 1}  # b: not an index; c: other names; d: none
+    with pytest.raises(ValueError, match="no sample .* has class labels"):
+        load_labelled(str(world / "web" / "00000.tar"), 32)
+
+
+def test_a_pretraining_starts_from_a_classify_jobs_vision_encoder(tmp_path, world):
+    """The classify job exports its vision encoder alone; a pre-training with it as init is a fresh model from its
+    seed with that encoder; fine-tuning from it is refused, before any work, with what to do instead."""
+    labelled = {"format": "webdataset", "shards": str(world / "labelled" / "*.tar")}
+    vision = TrainJob(task="classify", data=labelled, output=str(tmp_path / "vit"), epochs=1, batch_size=16,
+                      size="tiny", lr=2e-3)
+    record = run_worker(vision, tmp_path / "vit", log=lambda line: None)
+    assert record["samples"] == 200 and np.isfinite(record["history"][-1]["classify"])
+    assert sorted(p.name for p in (tmp_path / "vit").iterdir()) == ["vision"]
+    pretrain = TrainJob(task="pretrain", data={"format": "webdataset", "shards": str(world / "web" / "*.tar")},
+                        output=str(tmp_path / "pre"), epochs=1, size="tiny", seed=5, init=str(tmp_path / "vit"))
+    check_inputs(pretrain)
+    model, _ = build_model(pretrain)
+    exported = load_file(str(tmp_path / "vit" / "vision" / "model.safetensors"))
+    assert all(torch.equal(value, exported[name]) for name, value in model.vision_model.state_dict().items())
+    fresh_text = BlipTrainee.create(model.config, seed=5, tie=True).text_encoder.state_dict()
+    assert all(torch.equal(value, fresh_text[name]) for name, value in model.text_encoder.state_dict().items())
+    clean = {"format": "coco_karpathy", "annotations": str(world / "clean/annotations/train.json"),
+             "images": str(world / "clean/images")}
+    caption = TrainJob(task="caption", data=clean, output=str(tmp_path / "c"), epochs=1, init=str(tmp_path / "vit"))
+    with pytest.raises(ValueError, match="holds a vision encoder alone"):
+        check_inputs(caption)
+    with pytest.raises(ValueError, match="holds a vision encoder alone"):  # also when it is trained in the same run
+        check_inputs(dataclasses.replace(caption, init=str(tmp_path / "v2")), {str(tmp_path / "v2"): "classify"})
 
 
 def test_web_shards_load_with_every_sample_accounted(world):
@@ -168,6 +228,8 @@ def test_losses_of_a_batch_are_finite(world, tokenizer):
     (dict(task="pretrain", data={"format": "webdataset"}), "needs shards"),
     (dict(task="pretrain", data={"format": "csv"}), "unknown data format"),
     (dict(task="vqa", data={"format": "webdataset", "shards": "x.tar"}, init="x"), "vqa data"),
+    (dict(task="classify", data={"format": "coco_karpathy", "annotations": "a.json", "images": "i"}), "labelled"),
+    (dict(task="classify", data={"format": "webdataset", "shards": "x.tar"}, init="x"), "takes no init"),
     (dict(task="teach", data={"format": "webdataset", "shards": "x.tar"}), "unknown training task"),
 ])
 def test_bad_jobs_are_refused_before_any_work(tmp_path, settings, message):

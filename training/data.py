@@ -1,8 +1,9 @@
-"""Training data held in memory: images decoded once to uint8 at the model's size, with their texts.
+"""Training data held in memory: images decoded once to uint8 at the model's size, with their texts or labels.
 
-Three sources, read with the project's own readers (never an unpickling auto-decoder):
+Four sources, read with the project's own readers (never an unpickling auto-decoder):
 - webdataset shards (raw img2dataset output, or capfilt's exported bootstrapped dataset whose KEY.json lists every
   kept caption under "capfilt"), through pipelines.reader and pipelines.decode;
+- labelled webdataset shards (KEY.jpg + KEY.json {"labels": {name: class index}}), the same way;
 - a COCO-Karpathy caption file (the clean annotated set), through evaluation.datasets;
 - a VQAv2 question + annotation pair, through evaluation.datasets.
 """
@@ -49,6 +50,23 @@ class QuestionSet:
         return len(self.questions)
 
 
+@dataclass
+class LabelSet:
+    """Images with one class index per label name each (the labelled set that pre-trains the vision encoder)."""
+
+    images: np.ndarray
+    labels: np.ndarray  # (N, len(names)) int64
+    names: tuple[str, ...]  # the labels' names, e.g. ("color", "count", "position", "shape")
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def classes(self) -> dict[str, int]:
+        """Each label's number of classes, as the data shows them (the largest index + 1)."""
+        return {name: int(self.labels[:, k].max()) + 1 for k, name in enumerate(self.names)}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 _last_loaded: dict = {}  # the last local shards this process decoded: {"key": ..., "data": PairSet}
 
 
@@ -59,11 +77,34 @@ def load_shards(spec: str, image_size: int) -> PairSet:
     The last local shards decoded are kept for the next call with the same shards, unchanged on disk: the jobs of
     one Ray Train run share a worker process, and the loop's compared models pre-train on the same shards one
     after the other (decoding the 16,000 web images takes about 5 s). Training never writes into a PairSet."""
+    return _cached(spec, image_size, "pairs", lambda shards: PairSet(*_decode_shards(spec, shards, image_size, _texts)))
+
+
+def load_labelled(spec: str, image_size: int) -> LabelSet:
+    """Every sample of the shards `spec` names with a decodable image and class labels (KEY.json {"labels": {name:
+    class index}}, the same names in every sample); the others are counted in `skipped` (missing_labels when the
+    labels are absent, not non-negative integers, or not the names of the first labelled sample)."""
+    def build(shards):
+        images, labels, skipped = _decode_shards(spec, shards, image_size, _labels)
+        names = next((tuple(sorted(found)) for found in labels if found), None)
+        usable = [n for n, found in enumerate(labels) if found and tuple(sorted(found)) == names]
+        if len(usable) < len(labels):
+            skipped["missing_labels"] = len(labels) - len(usable)
+        if not usable:
+            raise ValueError(f"no sample of {spec!r} has class labels (KEY.json \"labels\"); skipped: {skipped}")
+        table = np.array([[labels[n][name] for name in names] for n in usable], dtype=np.int64)
+        return LabelSet(images[usable], table, names, skipped)
+
+    return _cached(spec, image_size, "labels", build)
+
+
+def _cached(spec: str, image_size: int, kind: str, build):
     shards = expand_shards(spec)
     key = _files_key(shards, image_size)
+    key = None if key is None else (kind, key)
     if key is not None and _last_loaded.get("key") == key:
         return _last_loaded["data"]
-    data = _decode_shards(spec, shards, image_size)
+    data = build(shards)
     if key is not None:
         _last_loaded.update(key=key, data=data)
     return data
@@ -80,8 +121,9 @@ def _files_key(shards: list, image_size: int) -> tuple | None:
     return image_size, tuple((url, stat.st_size, stat.st_mtime_ns) for url, stat in stats)
 
 
-def _decode_shards(spec: str, shards: list, image_size: int) -> PairSet:
-    images, texts, skipped = [], [], {}
+def _decode_shards(spec: str, shards: list, image_size: int, target) -> tuple[np.ndarray, list, dict]:
+    """(images, target(sample, web caption) per decoded sample, skipped counts by error type)."""
+    images, targets, skipped = [], [], {}
     for shard in shards:
         samples = []
         for item in read_shard(shard.url):
@@ -90,15 +132,16 @@ def _decode_shards(spec: str, shards: list, image_size: int) -> PairSet:
                 continue
             samples.append(item)
             if len(samples) == CHUNK:
-                _decode_into(shard.id, samples, image_size, images, texts, skipped)
+                _decode_into(shard.id, samples, image_size, target, images, targets, skipped)
                 samples = []
-        _decode_into(shard.id, samples, image_size, images, texts, skipped)
-    if not texts:
+        _decode_into(shard.id, samples, image_size, target, images, targets, skipped)
+    if not targets:
         raise ValueError(f"no usable samples in {spec!r} (skipped: {skipped or 'no samples at all'})")
-    return PairSet(np.concatenate(images), texts, skipped)
+    return np.concatenate(images), targets, skipped
 
 
-def _decode_into(shard_id: str, samples: list, image_size: int, images: list, texts: list, skipped: dict) -> None:
+def _decode_into(shard_id: str, samples: list, image_size: int, target, images: list, targets: list,
+                 skipped: dict) -> None:
     if not samples:
         return
     decoded = decode_samples(shard_id, samples, [image_size])
@@ -106,9 +149,25 @@ def _decode_into(shard_id: str, samples: list, image_size: int, images: list, te
         if row["status"] != "ok":
             skipped[row["error_type"]] = skipped.get(row["error_type"], 0) + 1
     images.append(decoded["images"][image_size])
-    for position, caption in zip(decoded["ok"], decoded["captions"]):
-        kept = _kept_captions(samples[position].members.get("json"))
-        texts.append(kept if kept else [caption or ""])
+    targets += [target(samples[position], caption) for position, caption in zip(decoded["ok"], decoded["captions"])]
+
+
+def _texts(sample, caption: str | None) -> list[str]:
+    """A web sample's texts: the captions capfilt's export kept, else the web caption ("" when it has none)."""
+    return _kept_captions(sample.members.get("json")) or [caption or ""]
+
+
+def _labels(sample, caption) -> dict[str, int] | None:
+    """A labelled sample's {name: class index} from KEY.json, or None when absent or not non-negative integers."""
+    try:
+        found = json.loads(sample.members.get("json", b"").decode("utf-8", errors="replace")).get("labels")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(found, dict) or not found:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in found.values()):
+        return None
+    return found
 
 
 def _kept_captions(meta: bytes | None) -> list[str]:

@@ -18,23 +18,27 @@ from evaluation.datasets import DatasetFormatError
 from evaluation.datasets.captions import read_coco_karpathy
 from evaluation.datasets.vqa import read_vqa
 from models.device import resolve_precision
+from models.tiny import SIZES
 from pipelines.sources import expand_shards
 from training import data as datasets
 from training.loop import FALSE_NEGATIVE_MARGIN, TASK_OBJECTIVES, Recipe, train
-from training.model import BlipTrainee, world_config, world_tokenizer
+from training.model import BlipTrainee, VisionClassifier, world_config, world_tokenizer
 
-EXPORTS = {"pretrain": ("caption", "retrieval"), "caption": ("caption",), "filter": ("retrieval",), "vqa": ("vqa",)}
+EXPORTS = {"classify": ("vision",), "pretrain": ("caption", "retrieval"), "caption": ("caption",),
+           "filter": ("retrieval",), "vqa": ("vqa",)}
+FINE_TUNING = ("caption", "filter", "vqa")
 DATA_FORMATS = {"webdataset": ("shards",), "coco_karpathy": ("annotations", "images"),
                 "vqa": ("questions", "annotations", "images")}
 
 
 @dataclass
 class TrainJob:
-    task: str  # pretrain | caption | filter | vqa
+    task: str  # classify | pretrain | caption | filter | vqa
     data: dict  # {"format": webdataset, "shards": spec} | {"format": coco_karpathy, ...} | {"format": vqa, ...}
     output: str
     epochs: float
-    init: str | None = None  # a previous job's output folder; None: a fresh model from `seed`
+    init: str | None = None  # a previous job's output folder; None: a fresh model from `seed`. A classify job's
+    # output (a vision encoder alone) starts a pre-training: a fresh model from `seed` with that vision encoder
     seed: int = 0
     batch_size: int = 64
     lr: float = 5e-4
@@ -57,7 +61,11 @@ class TrainJob:
             raise ValueError(f"{form} data needs {', '.join(missing)}")
         if (self.task == "vqa") != (form == "vqa"):
             raise ValueError("the vqa task trains on vqa data, and only it does")
-        if self.task != "pretrain" and self.init is None:
+        if self.task == "classify" and form != "webdataset":
+            raise ValueError("the classify task trains on labelled webdataset shards (KEY.json {\"labels\": ...})")
+        if self.task == "classify" and self.init is not None:
+            raise ValueError("the classify task trains a fresh vision encoder: it takes no init")
+        if self.task in FINE_TUNING and self.init is None:
             raise ValueError(f"fine-tuning ({self.task}) starts from a pre-trained model: give init (--init DIR)")
 
     def absolute(self) -> TrainJob:
@@ -86,21 +94,34 @@ class TrainJob:
 
 def initial_roles(folder) -> dict[str, str]:
     """The exported roles in a job's output folder, in the order that fills a trainee (vqa last: its encoder and
-    decoder are the most trained when present). ValueError when it holds none."""
+    decoder are the most trained when present), or {"vision": ...} for a classify job's. ValueError when it holds
+    none."""
     folder = Path(folder)
-    roles = {task: str(folder / task) for task in ("retrieval", "caption", "vqa")
+    roles = {task: str(folder / task) for task in ("retrieval", "caption", "vqa", "vision")
              if (folder / task / "config.json").is_file()}
     if not roles:
-        raise ValueError(f"{str(folder)!r} holds no exported model (caption/, retrieval/ or vqa/)")
-    return roles
+        raise ValueError(f"{str(folder)!r} holds no exported model (caption/, retrieval/, vqa/ or vision/)")
+    return roles if list(roles) == ["vision"] else {task: path for task, path in roles.items() if task != "vision"}
 
 
-def check_inputs(job: TrainJob, trained_before: set[str] = frozenset()) -> None:
+def check_init(job: TrainJob, vision_only: bool) -> None:
+    """A classify job's output starts a pre-training, and only it: fine-tuning needs a pre-trained text side."""
+    if vision_only and job.task != "pretrain":
+        raise ValueError(f"{job.init!r} holds a vision encoder alone (a classify job's output): pre-train from it, "
+                         f"then fine-tune ({job.task}) from the pre-trained model")
+
+
+def check_inputs(job: TrainJob, trained_before: dict[str, str] | None = None) -> None:
     """Read the annotation files, list the shards and look for the initial model before any worker starts, so a
     missing or malformed input is one clear error (DatasetFormatError / LocationError / ValueError) in the driver,
-    not a worker's traceback. An init among `trained_before` (outputs of jobs that run first) is not there yet."""
-    if job.init is not None and job.init not in trained_before:
-        initial_roles(job.init)
+    not a worker's traceback. `trained_before`: {output: task} of the jobs that run first (their outputs are not
+    there yet)."""
+    trained_before = trained_before or {}
+    if job.init is not None:
+        if job.init in trained_before:
+            check_init(job, trained_before[job.init] == "classify")
+        else:
+            check_init(job, list(initial_roles(job.init)) == ["vision"])
     spec = job.data
     if spec["format"] == "webdataset":
         expand_shards(spec["shards"])
@@ -115,6 +136,8 @@ def check_inputs(job: TrainJob, trained_before: set[str] = frozenset()) -> None:
 
 def load_data(job: TrainJob, image_size: int):
     spec = job.data
+    if job.task == "classify":
+        return datasets.load_labelled(spec["shards"], image_size)
     if spec["format"] == "webdataset":
         return datasets.load_shards(spec["shards"], image_size)
     if spec["format"] == "coco_karpathy":
@@ -122,11 +145,17 @@ def load_data(job: TrainJob, image_size: int):
     return datasets.load_questions(spec["questions"], spec["annotations"], spec["images"], image_size)
 
 
-def build_model(job: TrainJob):
-    if job.init is None:
-        tokenizer = world_tokenizer()
-        return BlipTrainee.create(world_config(tokenizer, job.size), job.seed, tie=job.tie_text), tokenizer
-    return BlipTrainee.from_checkpoints(initial_roles(job.init))
+def build_model(job: TrainJob, classes: dict[str, int] | None = None):
+    tokenizer = world_tokenizer()
+    config = world_config(tokenizer, job.size)
+    if job.task == "classify":
+        return VisionClassifier.create(config, classes, job.seed), tokenizer
+    roles = {} if job.init is None else initial_roles(job.init)
+    if job.init is not None:
+        check_init(job, list(roles) == ["vision"])
+    if job.init is None or list(roles) == ["vision"]:
+        return BlipTrainee.create(config, job.seed, tie=job.tie_text, vision=roles.get("vision")), tokenizer
+    return BlipTrainee.from_checkpoints(roles)
 
 
 def run_worker(job: TrainJob, export_to, rank: int = 0, world_size: int = 1, log=print, on_epoch=None,
@@ -137,8 +166,12 @@ def run_worker(job: TrainJob, export_to, rank: int = 0, world_size: int = 1, log
     if job.threads:
         torch.set_num_threads(job.threads)
     started = time.time()
-    model, tokenizer = build_model(job)
-    data = load_data(job, model.config.vision_config.image_size)
+    if job.task == "classify":  # the classifier's heads have as many outputs as the data has classes
+        data = load_data(job, SIZES[job.size]["image_size"])
+        model, tokenizer = build_model(job, classes=data.classes())
+    else:
+        model, tokenizer = build_model(job)
+        data = load_data(job, model.config.vision_config.image_size)
     log(f"train {job.task} ({Path(job.output).name}): {len(data)} samples ({_skipped(data)}), "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, {torch.get_num_threads()} threads, "
         f"worker {rank + 1}/{world_size}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from training.data import PairSet, QuestionSet, pixel_values
+from training.data import LabelSet, PairSet, QuestionSet, pixel_values
 from training.objectives import OBJECTIVES, to_device, tokenize, tokenize_questions
 
 # ITM's false-negative margin (cosine similarity), per task. The shape world's clean set holds 800 images of 288
@@ -24,11 +24,15 @@ from training.objectives import OBJECTIVES, to_device, tokenize, tokenize_questi
 # pair's. Drawn as negatives, they taught the filter to reject right captions (RESULTS.md). Pre-training keeps 0.
 FALSE_NEGATIVE_MARGIN = {"filter": 0.15}
 TASK_OBJECTIVES = {  # what each kind of training optimises
+    "classify": ("classify",),  # pre-train the vision encoder on labelled images (the ImageNet role)
     "pretrain": ("itc", "itm", "lm"),
     "caption": ("lm",),  # fine-tune a captioner
     "filter": ("itc", "itm"),  # fine-tune a filter
     "vqa": ("vqa",),
 }
+
+
+ALONE = ("vqa", "classify")  # objectives on data of their own (questions, labelled images)
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,12 @@ class Recipe:
     false_negative_margin: float = 0.0  # ITM hard negatives: see training/objectives.py
 
     def __post_init__(self):
-        unknown = set(self.objectives) - set(OBJECTIVES) - {"vqa"}
+        unknown = set(self.objectives) - set(OBJECTIVES) - set(ALONE)
         if unknown or not self.objectives:
-            raise ValueError(f"unknown objectives {sorted(unknown)}; known: {', '.join(OBJECTIVES)}, vqa")
-        if ("vqa" in self.objectives) and len(self.objectives) > 1:
-            raise ValueError("the vqa objective trains alone (it needs question data)")
+            raise ValueError(f"unknown objectives {sorted(unknown)}; known: {', '.join(OBJECTIVES + ALONE)}")
+        alone = set(ALONE) & set(self.objectives)
+        if alone and len(self.objectives) > 1:
+            raise ValueError(f"the {alone.pop()} objective trains alone (it needs its own kind of data)")
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
         if not 0 <= self.false_negative_margin <= 2:
@@ -82,7 +87,7 @@ def fused_update(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def train(model, tokenizer, data: PairSet | QuestionSet, recipe: Recipe, log=print, rank: int = 0,
+def train(model, tokenizer, data: PairSet | QuestionSet | LabelSet, recipe: Recipe, log=print, rank: int = 0,
           world_size: int = 1, on_epoch=None) -> list[dict]:
     """Optimise `model` on `data`; returns one metrics dict per logged interval. `on_epoch(epoch, metrics)` is
     called at each epoch end (Ray Train reports through it)."""
@@ -133,6 +138,8 @@ def train(model, tokenizer, data: PairSet | QuestionSet, recipe: Recipe, log=pri
 
 def _step_losses(model, tokenizer, data, batch, recipe: Recipe, rng, generator, device) -> dict[str, torch.Tensor]:
     pixels = pixel_values(data.images[batch]).to(device, non_blocking=True)
+    if isinstance(data, LabelSet):
+        return model(pixels, torch.from_numpy(data.labels[batch]).to(device), recipe.objectives)
     if isinstance(data, QuestionSet):
         answers = [data.answers[i][rng.integers(len(data.answers[i]))] for i in batch]
         text = tokenize_questions(tokenizer, [data.questions[i] for i in batch], answers)

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from transformers import (
     BlipConfig,
@@ -96,21 +98,19 @@ class BlipTrainee(nn.Module):
         return objectives.losses(self, pixel_values, batch, names, generator, margin)
 
     @classmethod
-    def create(cls, config: BlipConfig, seed: int, tie: bool = False) -> BlipTrainee:
+    def create(cls, config: BlipConfig, seed: int, tie: bool = False, vision: str | None = None) -> BlipTrainee:
         """A fresh model; the same seed gives the same weights. Initialised the way transformers initialises BLIP;
-        `tie`: see tie_text."""
+        `tie`: see tie_text. `vision`: a folder holding a pre-trained vision encoder (a classify job's vision/
+        export) that replaces the fresh one, as BLIP starts from a ViT pre-trained on ImageNet."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             modules = {task: EXPORT_CLASSES[task](config) for task in ("caption", "retrieval")}
-            vision = modules["retrieval"].vision_model
-            for name, param in vision.named_parameters():
-                if param.dim() > 1:  # transformers leaves BLIP's ViT at ~1e-10: ViT's own init is std 0.02
-                    nn.init.trunc_normal_(param, std=0.02)
-            with torch.no_grad():
-                vision.embeddings.position_embedding.copy_(sincos_positions(vision.config))
+            init_vision(modules["retrieval"].vision_model)
         trainee = cls(config)
         trainee.load_parts(modules["retrieval"], EXPORT_MODULES["retrieval"])
         trainee.load_parts(modules["caption"], ("text_decoder",))
+        if vision is not None:
+            load_vision(trainee.vision_model, vision)
         if tie:
             trainee.tie_text()
         return trainee
@@ -150,9 +150,70 @@ class BlipTrainee(nn.Module):
             getattr(model, part).load_state_dict(getattr(self, part).state_dict())
         model.eval().save_pretrained(directory, safe_serialization=True)
         tokenizer.save_pretrained(directory)
-        size = self.config.vision_config.image_size
-        (directory / "preprocessor_config.json").write_text(json.dumps(
-            {"image_processor_type": "BlipImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
-             "resample": 3, "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-             "do_rescale": True, "rescale_factor": 1 / 255}, indent=1) + "\n", encoding="utf-8")
+        write_preprocessor(directory, self.config.vision_config.image_size)
         return directory
+
+
+class VisionClassifier(nn.Module):
+    """BLIP's vision encoder with a linear classifier per label on its [CLS] state: the ImageNet role, pre-training
+    the ViT on labelled images before BLIP's pre-training starts from it. Only the encoder is exported ("vision")."""
+
+    def __init__(self, config: BlipConfig, classes: dict[str, int]):
+        super().__init__()
+        self.config = config
+        self.vision_model = BlipVisionModel(config.vision_config)
+        hidden = config.vision_config.hidden_size
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in classes.items()})
+        patch_blip_text(self)  # the vision attention kernel, as in BlipTrainee
+
+    @classmethod
+    def create(cls, config: BlipConfig, classes: dict[str, int], seed: int) -> VisionClassifier:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(config, classes)
+            init_vision(model.vision_model)
+        return model
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor, names=("classify",), generator=None,
+                margin: float = 0.0) -> dict[str, torch.Tensor]:
+        """{"classify": the sum over labels of the cross-entropy}; `labels` (B, labels) in the heads' order."""
+        cls = self.vision_model(pixel_values=pixel_values).last_hidden_state[:, 0]
+        return {"classify": sum(F.cross_entropy(head(cls).float(), labels[:, k])
+                                for k, head in enumerate(self.heads.values()))}
+
+    def export(self, task: str, directory, tokenizer=None) -> Path:
+        if task != "vision":
+            raise ValueError(f"a vision classifier exports its vision encoder only (task 'vision'), not {task!r}")
+        directory = Path(directory)
+        self.vision_model.eval().save_pretrained(directory, safe_serialization=True)
+        write_preprocessor(directory, self.config.vision_config.image_size)
+        return directory
+
+
+def init_vision(vision: BlipVisionModel) -> None:
+    """ViT's own initialisation (transformers leaves BLIP's ViT weights at ~1e-10; ViT draws them with std 0.02)
+    and the sine-cosine position table."""
+    for param in vision.parameters():
+        if param.dim() > 1:
+            nn.init.trunc_normal_(param, std=0.02)
+    with torch.no_grad():
+        vision.embeddings.position_embedding.copy_(sincos_positions(vision.config))
+
+
+def load_vision(vision: BlipVisionModel, folder) -> None:
+    """Load a vision encoder exported by a classify job (safetensors only) into `vision`; ValueError when the
+    folder holds none or one of another shape."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"{str(folder)!r} holds no exported vision encoder (model.safetensors)")
+    try:
+        vision.load_state_dict(load_file(str(path)))
+    except RuntimeError as exc:
+        raise ValueError(f"the vision encoder in {str(folder)!r} does not fit this model's: {exc}") from None
+
+
+def write_preprocessor(directory: Path, size: int) -> None:
+    (directory / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "BlipImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
+         "resample": 3, "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+         "do_rescale": True, "rescale_factor": 1 / 255}, indent=1) + "\n", encoding="utf-8")

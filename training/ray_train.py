@@ -76,10 +76,10 @@ def fit_all(jobs: list[TrainJob], log=print, use_gpu: bool | None = None) -> lis
     jobs = [job.absolute() for job in jobs]
     if not jobs or len({job.workers for job in jobs}) != 1:
         raise ValueError("fit_all needs at least one job, and every job with the same number of workers")
-    trained_before: set[str] = set()
+    trained_before: dict[str, str] = {}
     for job in jobs:
         check_inputs(job, trained_before)
-        trained_before.add(job.output)
+        trained_before[job.output] = job.task
     connect()
     workers = jobs[0].workers
     cpus = int(ray.cluster_resources().get("CPU", 1))
