@@ -38,6 +38,9 @@ def parse_args(argv):
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--base-epochs", type=float, help="pre-training of the base model that bootstraps (default 10)")
     p.add_argument("--pretrain-epochs", type=float, help="pre-training of each compared model (default 2)")
+    p.add_argument("--compare-from-vision", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the compared models from the pre-trained vision encoder too, as BLIP does (default: "
+                        "off, a random one: from it retrieval saturated on the test set, RESULTS.md)")
     p.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=None,
                    help="pre-train with BLIP's encoder-decoder tie, all but self-attention shared (default: on)")
     p.add_argument("--quick", action="store_true", help="a reduced loop in a few minutes (what CI runs)")
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
         except ValueError:
             print(f"error: --seeds takes comma-separated integers, got {args.seeds!r}", file=sys.stderr)
             return 2
-    for name in ("base_epochs", "pretrain_epochs", "tie_text"):
+    for name in ("base_epochs", "pretrain_epochs", "tie_text", "compare_from_vision"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     loop = Loop(LoopSettings(workdir=args.workdir, world_seed=args.world_seed, **settings))

@@ -20,8 +20,10 @@ def render(report: dict) -> str:
              f"base model {s.get('base_epochs', s['pretrain_epochs'])} pre-training epochs, compared models "
              f"{s['pretrain_epochs']}, batch {s['batch_size']} (filter fine-tuning {filter_batch}), "
              f"{s['num_captions']} synthetic caption(s) per image, filter threshold {s['threshold']}."
-             + (f" Every pre-training starts from a vision encoder pre-trained {s['vision_epochs']} epochs on the "
-                f"labelled set (the ImageNet role)." if "vision_epochs" in s else ""), ""]
+             + (f" The base model starts from a vision encoder pre-trained {s['vision_epochs']} epochs on the labelled "
+                f"set (the ImageNet role); the compared models from "
+                f"{'it too' if s.get('compare_from_vision') else 'a random one'}." if "vision_epochs" in s else ""),
+             ""]
     f = report["filter"]
     lines += ["## The filter on held-out web shards", "",
               f"{f['samples']} samples; ROC AUC of p(match), clean vs noisy: **{_num(f['auc'])}**.", "",
