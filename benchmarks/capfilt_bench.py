@@ -89,10 +89,13 @@ def sampling(prompt_len: int, num_captions: int) -> Sampling:
 
 
 class PeakMemory:
-    """Peak summed RSS of this process and all its descendants (Ray workers included), sampled every 0.2 s."""
+    """Peak summed RSS of this process and all its descendants (Ray workers included), sampled every 0.2 s; and the
+    CPU seconds each of them used meanwhile (`cpu_split`, grouped by what each process was last seen doing), as last
+    seen: a process that ends loses at most 0.2 s."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
+        self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (group, CPU seconds at the start, last seen)
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -106,14 +109,35 @@ class PeakMemory:
             for proc in [me] + me.children(recursive=True):
                 try:
                     total += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    group = _group(proc, me)  # as last seen: a Ray worker becomes the model actor after it starts
                 except psutil.Error:
-                    pass
+                    continue
+                used = times.user + times.system
+                start = self._cpu.get(proc.pid, (group, used, used))[1]
+                self._cpu[proc.pid] = (group, start, used)
             self.peak = max(self.peak, total)
             time.sleep(0.2)
+
+    def cpu_split(self) -> dict[str, float]:
+        """CPU seconds per group of processes (driver, model actor, other Ray processes) while the block ran."""
+        split: dict[str, float] = {}
+        for group, start, last in self._cpu.values():
+            split[group] = split.get(group, 0.0) + last - start
+        return split
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def _group(proc: psutil.Process, me: psutil.Process) -> str:
+    if proc.pid == me.pid:
+        return "driver"
+    try:
+        return "model actor" if " ".join(proc.cmdline()).startswith("ray::ModelActor") else "other Ray processes"
+    except psutil.Error:
+        return "other Ray processes"
 
 
 def flops_per_image(stage: CapFiltStage, batch: dict) -> float:
@@ -177,7 +201,8 @@ def job_run(shards: list[Path], out: str, captioner: str, filter_name: str, samp
                            sampling=sample, batch_size=batch_size, model_threads=threads, overwrite=True)
     with PeakMemory() as memory:
         summary = run_capfilt(config, log=lambda line: None)
-    return {"seconds": summary["seconds"], "samples": summary["samples"], "peak_gb": memory.peak / 2**30}
+    return {"seconds": summary["seconds"], "samples": summary["samples"], "peak_gb": memory.peak / 2**30,
+            "cpu": memory.cpu_split()}
 
 
 def main(argv=None) -> int:
@@ -192,6 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--overhead", action="store_true",
                    help="measure only the job on Ray against the same work in one process, over the largest shard "
                         "count (Ray is warmed on a separate small shard)")
+    p.add_argument("--pairs", type=int, default=1, help="--overhead: in-process and job runs, this many times in turn")
     p.add_argument("--markdown", help="also write the table to this file")
     args = p.parse_args(argv)
     if args.quick:
@@ -211,32 +237,44 @@ def main(argv=None) -> int:
 
 
 def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tuple[str, str]]:
-    """Ray's overhead alone: the same shards through the job and through one process; and the job's share of the
-    bf16 roofline over these shards (at 1,000 samples a shard, the steady state a real run sees)."""
+    """Ray's overhead alone: the same shards through one process and through the job, `args.pairs` times in turn (the
+    machine's speed drifts over minutes); where the cores went during each job; and the job's share of the bf16
+    roofline over these shards (at 1,000 samples a shard, the steady state a real run sees). The in-process stage is
+    built and warmed before its clock starts; the job's time includes its model actor's start."""
     peak16 = max(matmul_peak(torch.bfloat16).values())
-    stage = CapFiltStage(captioner, filter_name, precision="auto")
-    sample = sampling(prompt_length(stage), 1)
-    stage.sampling = sample
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = make_shards(tmp / "shards", count, args.per_shard)
         warm = make_shards(tmp / "warm", 1, min(args.per_shard, args.batch_size))
-        first = next(shard_batches("w", str(warm[0]), stage.image_sizes, args.batch_size))
-        stage(first)  # warm
-        flops = flops_per_image(stage, first)
-        inproc = inprocess_seconds(stage, shards, str(tmp / "inproc"), args.batch_size)
-        del stage
-        job_run(warm, str(tmp / "warm-job"), captioner, filter_name, sample, args.batch_size, args.threads)
-        job = job_run(shards, str(tmp / "job"), captioner, filter_name, sample, args.batch_size, args.threads)
-    job_ips, roofline_ips = job["samples"] / job["seconds"], peak16 * 1e9 / flops
-    return [(f"same work in one process, {count} shard(s) x {args.per_shard}",
-             f"{job['samples'] / inproc:.3f} images/s, {inproc:.1f} s"),
-            (f"job on Ray, N=1, {count} shard(s) x {args.per_shard}",
-             f"{job_ips:.3f} images/s, {job['seconds']:.1f} s "
-             f"(Ray overhead {job['seconds'] / inproc - 1:+.1%}), peak RSS {job['peak_gb']:.2f} GiB"),
-            ("bf16 roofline at the measured peak, N=1",
-             f"{roofline_ips:.3f} images/s at {peak16:.0f} GFLOP/s and {flops / 1e9:.1f} GFLOP per image "
-             f"(job reaches {job_ips / roofline_ips:.0%})")]
+        for pair in range(1, args.pairs + 1):
+            stage = CapFiltStage(captioner, filter_name, precision="auto")
+            sample = sampling(prompt_length(stage), 1)
+            stage.sampling = sample
+            first = next(shard_batches("w", str(warm[0]), stage.image_sizes, args.batch_size))
+            stage(first)  # warm
+            flops = flops_per_image(stage, first)
+            inproc = inprocess_seconds(stage, shards, str(tmp / f"inproc{pair}"), args.batch_size)
+            del stage  # its memory, before the job's actor loads its own models
+            if pair == 1:  # Ray's start, apart from the measured job
+                job_run(warm, str(tmp / "warm-job"), captioner, filter_name, sample, args.batch_size, args.threads)
+            job = job_run(shards, str(tmp / f"job{pair}"), captioner, filter_name, sample, args.batch_size,
+                          args.threads)
+            job_ips, roofline_ips = job["samples"] / job["seconds"], peak16 * 1e9 / flops
+            cpu, cores = job["cpu"], (os.cpu_count() or 1) * job["seconds"]  # the cores' seconds during the job
+            others = sum(seconds for group, seconds in cpu.items() if group != "model actor")
+            used = ", ".join(f"{group} {seconds:.1f}" for group, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]))
+            rows += [(f"pair {pair}: same work in one process, {count} shard(s) x {args.per_shard}",
+                      f"{job['samples'] / inproc:.3f} images/s, {inproc:.1f} s"),
+                     (f"pair {pair}: job on Ray, N=1, {count} shard(s) x {args.per_shard}",
+                      f"{job_ips:.3f} images/s, {job['seconds']:.1f} s "
+                      f"(Ray overhead {job['seconds'] / inproc - 1:+.1%}), peak RSS {job['peak_gb']:.2f} GiB, "
+                      f"{job_ips / roofline_ips:.0%} of the roofline"),
+                     (f"pair {pair}: CPU seconds during the job",
+                      f"{used} (all but the model actor: {others / cores:.1%} of the cores' time)")]
+    rows.append(("bf16 roofline at the measured peak, N=1",
+                 f"{roofline_ips:.3f} images/s at {peak16:.0f} GFLOP/s and {flops / 1e9:.1f} GFLOP per image"))
+    return rows
 
 
 def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list[tuple[str, str]]:

@@ -26,17 +26,21 @@ def test_benchmark_smoke_run(tmp_path):
 
 
 def test_benchmark_overhead_mode(tmp_path):
-    """`--overhead` measures only the job on Ray against the same shards in one process, and reports the ratio."""
+    """`--overhead` measures only the job on Ray against the same shards in one process, in turn (`--pairs`), and
+    reports the ratio and where the cores went during each job."""
     table = tmp_path / "overhead.md"
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "benchmarks/capfilt_bench.py", "--size", "tiny", "--overhead",
-                           "--per-shard", "6", "--shard-counts", "2", "--markdown", str(table)],
+                           "--per-shard", "6", "--shard-counts", "2", "--pairs", "2", "--markdown", str(table)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     text = table.read_text()
-    assert "same work in one process, 2 shard(s) x 6" in text
-    assert "job on Ray, N=1, 2 shard(s) x 6" in text and "Ray overhead" in text
-    assert "bf16 roofline" in text and "job reaches" in text
+    for pair in (1, 2):
+        assert f"pair {pair}: same work in one process, 2 shard(s) x 6" in text
+        assert f"pair {pair}: job on Ray, N=1, 2 shard(s) x 6" in text and "Ray overhead" in text
+        cpu = next(line for line in text.splitlines() if f"pair {pair}: CPU seconds during the job" in line)
+        assert "model actor" in cpu and "driver" in cpu and "of the cores' time" in cpu, cpu
+    assert "bf16 roofline" in text and "of the roofline" in text
     assert "naive" not in text  # the other measures are skipped
 
 
