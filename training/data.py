@@ -67,7 +67,7 @@ class LabelSet:
         return len(self.labels)
 
 
-_last_loaded: dict = {}  # the last local shards this process decoded: {"key": ..., "data": PairSet}
+_last_loaded: dict = {}  # the last local shards this process decoded: {"key": ..., "data": PairSet or LabelSet}
 
 
 def load_shards(spec: str, image_size: int) -> PairSet:
