@@ -217,9 +217,12 @@ def main(argv=None) -> int:
     p.add_argument("--overhead", action="store_true",
                    help="measure only the job on Ray against the same work in one process, over the largest shard "
                         "count (Ray is warmed on a separate small shard)")
-    p.add_argument("--pairs", type=int, default=1, help="--overhead: in-process and job runs, this many times in turn")
+    p.add_argument("--pairs", type=int, default=1,
+                   help="--overhead: this many jobs, each between two in-process runs (pairs + 1 of them)")
     p.add_argument("--markdown", help="also write the table to this file")
     args = p.parse_args(argv)
+    if args.pairs < 1:
+        p.error("--pairs must be at least 1")
     if args.quick:
         args.shard_counts, args.per_shard, args.naive_images = "1,2", 4, 2
     captioner, filter_name = f"{args.size}-random_caption", f"{args.size}-random_retrieval"
@@ -237,41 +240,54 @@ def main(argv=None) -> int:
 
 
 def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tuple[str, str]]:
-    """Ray's overhead alone: the same shards through one process and through the job, `args.pairs` times in turn (the
-    machine's speed drifts over minutes); where the cores went during each job; and the job's share of the bf16
-    roofline over these shards (at 1,000 samples a shard, the steady state a real run sees). The in-process stage is
-    built and warmed before its clock starts; the job's time includes its model actor's start."""
+    """Ray's overhead alone: the same shards through one process and through the job, in turn, `args.pairs` jobs
+    each between two in-process runs (one process, job, one process, job, ..., one process), so each job is held
+    against the mean of the runs just before and just after it: the machine's speed drifts over minutes, and a
+    drift that is steady over the three runs cancels. Also where the cores went during each job, and the job's
+    share of the bf16 roofline over these shards (at 1,000 samples a shard, the steady state a real run sees). Both
+    clocks start with the models loaded: the in-process stage is built and warmed before its clock starts, and the
+    job's clock (its summary's seconds) once its model actor has loaded them, so only the job's first batch is cold."""
     peak16 = max(matmul_peak(torch.bfloat16).values())
-    rows = []
+    rows, inprocs, overheads = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = make_shards(tmp / "shards", count, args.per_shard)
         warm = make_shards(tmp / "warm", 1, min(args.per_shard, args.batch_size))
-        for pair in range(1, args.pairs + 1):
+        samples = count * args.per_shard
+        for run in range(args.pairs + 1):
             stage = CapFiltStage(captioner, filter_name, precision="auto")
             sample = sampling(prompt_length(stage), 1)
             stage.sampling = sample
             first = next(shard_batches("w", str(warm[0]), stage.image_sizes, args.batch_size))
             stage(first)  # warm
             flops = flops_per_image(stage, first)
-            inproc = inprocess_seconds(stage, shards, str(tmp / f"inproc{pair}"), args.batch_size)
+            inprocs.append(inprocess_seconds(stage, shards, str(tmp / f"inproc{run}"), args.batch_size))
             del stage  # its memory, before the job's actor loads its own models
-            if pair == 1:  # Ray's start, apart from the measured job
+            rows.append((f"run {2 * run + 1}: same work in one process, {count} shard(s) x {args.per_shard}",
+                         f"{samples / inprocs[-1]:.3f} images/s, {inprocs[-1]:.3f} s"))
+            if run == args.pairs:
+                break
+            if run == 0:  # Ray's start, apart from the measured jobs
                 job_run(warm, str(tmp / "warm-job"), captioner, filter_name, sample, args.batch_size, args.threads)
-            job = job_run(shards, str(tmp / f"job{pair}"), captioner, filter_name, sample, args.batch_size,
+            job = job_run(shards, str(tmp / f"job{run}"), captioner, filter_name, sample, args.batch_size,
                           args.threads)
             job_ips, roofline_ips = job["samples"] / job["seconds"], peak16 * 1e9 / flops
             cpu, cores = job["cpu"], (os.cpu_count() or 1) * job["seconds"]  # the cores' seconds during the job
             others = sum(seconds for group, seconds in cpu.items() if group != "model actor")
             used = ", ".join(f"{group} {seconds:.1f}" for group, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]))
-            rows += [(f"pair {pair}: same work in one process, {count} shard(s) x {args.per_shard}",
-                      f"{job['samples'] / inproc:.3f} images/s, {inproc:.1f} s"),
-                     (f"pair {pair}: job on Ray, N=1, {count} shard(s) x {args.per_shard}",
-                      f"{job_ips:.3f} images/s, {job['seconds']:.1f} s "
-                      f"(Ray overhead {job['seconds'] / inproc - 1:+.1%}), peak RSS {job['peak_gb']:.2f} GiB, "
+            rows += [(f"run {2 * run + 2}: job on Ray, N=1, {count} shard(s) x {args.per_shard}",
+                      f"{job_ips:.3f} images/s, {job['seconds']:.3f} s, peak RSS {job['peak_gb']:.2f} GiB, "
                       f"{job_ips / roofline_ips:.0%} of the roofline"),
-                     (f"pair {pair}: CPU seconds during the job",
+                     (f"run {2 * run + 2}: CPU seconds during the job",
                       f"{used} (all but the model actor: {others / cores:.1%} of the cores' time)")]
+            overheads.append(job["seconds"])
+    for i, seconds in enumerate(overheads):
+        around = (inprocs[i] + inprocs[i + 1]) / 2
+        overheads[i] = seconds / around - 1
+        rows.append((f"Ray overhead of job {i + 1} (run {2 * i + 2} against the mean of runs {2 * i + 1} and "
+                     f"{2 * i + 3})", f"{overheads[i]:+.1%}"))
+    if len(overheads) > 1:
+        rows.append(("Ray overhead, median over the jobs", f"{statistics.median(overheads):+.1%}"))
     rows.append(("bf16 roofline at the measured peak, N=1",
                  f"{roofline_ips:.3f} images/s at {peak16:.0f} GFLOP/s and {flops / 1e9:.1f} GFLOP per image"))
     return rows

@@ -26,22 +26,36 @@ def test_benchmark_smoke_run(tmp_path):
 
 
 def test_benchmark_overhead_mode(tmp_path):
-    """`--overhead` measures only the job on Ray against the same shards in one process, in turn (`--pairs`), and
-    reports the ratio and where the cores went during each job."""
+    """`--overhead` measures only the job on Ray against the same shards in one process: each of the `--pairs` jobs
+    between two in-process runs and held against their mean, with where the cores went during each job."""
     table = tmp_path / "overhead.md"
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "benchmarks/capfilt_bench.py", "--size", "tiny", "--overhead",
                            "--per-shard", "6", "--shard-counts", "2", "--pairs", "2", "--markdown", str(table)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    text = table.read_text()
-    for pair in (1, 2):
-        assert f"pair {pair}: same work in one process, 2 shard(s) x 6" in text
-        assert f"pair {pair}: job on Ray, N=1, 2 shard(s) x 6" in text and "Ray overhead" in text
-        cpu = next(line for line in text.splitlines() if f"pair {pair}: CPU seconds during the job" in line)
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.read_text().splitlines()
+            if line.startswith("| ")]
+    measures = [measure for measure, _ in rows if measure.startswith("run ")]
+    assert measures == ["run 1: same work in one process, 2 shard(s) x 6", "run 2: job on Ray, N=1, 2 shard(s) x 6",
+                        "run 2: CPU seconds during the job", "run 3: same work in one process, 2 shard(s) x 6",
+                        "run 4: job on Ray, N=1, 2 shard(s) x 6", "run 4: CPU seconds during the job",
+                        "run 5: same work in one process, 2 shard(s) x 6"], measures
+    seconds = {int(measure.split(":")[0].split()[-1]): float(value.split(", ")[1].removesuffix(" s"))
+               for measure, value in rows if measure.startswith("run ") and "images/s" in value}
+    values = dict(rows)
+    for job in (1, 2):
+        cpu = values[f"run {2 * job}: CPU seconds during the job"]
         assert "model actor" in cpu and "driver" in cpu and "of the cores' time" in cpu, cpu
-    assert "bf16 roofline" in text and "of the roofline" in text
-    assert "naive" not in text  # the other measures are skipped
+        overhead = next(value for measure, value in rows if measure.startswith(f"Ray overhead of job {job} "))
+        expected = seconds[2 * job] / ((seconds[2 * job - 1] + seconds[2 * job + 1]) / 2) - 1
+        assert abs(float(overhead.rstrip("%")) / 100 - expected) < 0.006, (overhead, expected, seconds)
+    assert "Ray overhead, median over the jobs" in values
+    assert any(measure.startswith("bf16 roofline") and "GFLOP per image" in value for measure, value in rows)
+    assert not any("naive" in measure for measure, _ in rows)  # the other measures are skipped
+    refused = subprocess.run([sys.executable, "benchmarks/capfilt_bench.py", "--overhead", "--pairs", "0"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--pairs must be at least 1" in refused.stderr
 
 
 def test_matmul_peak_kernels_compute_the_product():
