@@ -93,3 +93,30 @@ def test_train_step_benchmark(tmp_path, compare, variants):
     assert figures["steps"] == 2 and set(figures["seconds"]) == variants
     assert all(len(runs) == 1 and runs[0] > 0 for runs in figures["seconds"].values())
     assert figures["ratio"] > 0
+
+
+def test_stage_parts_accounts_for_the_stage_call():
+    """`stage_parts.py` times the stage's parts in one call: a ViT's linear layers inside the ViT, the parts within
+    the call, FLOPs counted per part (the ViTs' the same, both more than their linear layers), and the table's
+    roofline share is the call's FLOPs at the peak over its seconds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stage_parts", ROOT / "benchmarks/stage_parts.py")
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    rows, total, flops, peak = parts.measure("tiny", 1)
+    seconds = {name.strip(): s for name, s, _ in rows}
+    counted = {name.strip(): f for name, _, f in rows}
+    assert set(seconds) == {"captioner ViT", "captioner ViT: its linear layers", "filter ViT",
+                            "filter ViT: its linear layers", "both ViTs: attention core (q k^T, softmax, p v)",
+                            "captioner: decoding (20 tokens)", "filter: ITM (image-grounded text encoder)",
+                            "filter: ITC text encoder"}
+    for role in ("captioner", "filter"):
+        assert 0 < seconds[f"{role} ViT: its linear layers"] < seconds[f"{role} ViT"]
+        assert 0 < counted[f"{role} ViT: its linear layers"] < counted[f"{role} ViT"]
+    assert counted["captioner ViT"] == counted["filter ViT"]
+    outer = [name for name, _, _ in rows if not name.startswith("  ")]
+    assert sum(seconds[name] for name in outer) <= total
+    assert 0.99 * flops <= sum(counted[name] for name in outer) <= flops  # outside them: ITC's projections, dot
+    text = parts.table(rows, total, flops, peak)
+    assert f"**{flops / peak / total:.0%} of the roofline**" in text and "the rest (the stage's own code)" in text
