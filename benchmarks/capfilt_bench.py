@@ -248,7 +248,7 @@ def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tu
     clocks start with the models loaded: the in-process stage is built and warmed before its clock starts, and the
     job's clock (its summary's seconds) once its model actor has loaded them, so only the job's first batch is cold."""
     peak16 = max(matmul_peak(torch.bfloat16).values())
-    rows, inprocs, overheads = [], [], []
+    rows, inprocs, jobs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shards = make_shards(tmp / "shards", count, args.per_shard)
@@ -280,10 +280,9 @@ def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tu
                       f"{job_ips / roofline_ips:.0%} of the roofline"),
                      (f"run {2 * run + 2}: CPU seconds during the job",
                       f"{used} (all but the model actor: {others / cores:.1%} of the cores' time)")]
-            overheads.append(job["seconds"])
-    for i, seconds in enumerate(overheads):
-        around = (inprocs[i] + inprocs[i + 1]) / 2
-        overheads[i] = seconds / around - 1
+            jobs.append(job["seconds"])
+    overheads = [seconds / ((inprocs[i] + inprocs[i + 1]) / 2) - 1 for i, seconds in enumerate(jobs)]
+    for i in range(len(jobs)):
         rows.append((f"Ray overhead of job {i + 1} (run {2 * i + 2} against the mean of runs {2 * i + 1} and "
                      f"{2 * i + 3})", f"{overheads[i]:+.1%}"))
     if len(overheads) > 1:
