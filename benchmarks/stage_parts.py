@@ -39,11 +39,13 @@ class Parts:
         self.flops: dict[str, float] = collections.defaultdict(float)
         self.counting = False
         self.order: list[str] = []
+        self._wrapped: list[tuple[object, str, object]] = []  # (owner, attribute, what its own __dict__ held)
 
     def wrap(self, name: str, owner, attribute: str) -> None:
         inner = getattr(owner, attribute)
         if name not in self.order:
             self.order.append(name)
+        self._wrapped.append((owner, attribute, vars(owner).get(attribute, _ABSENT)))
 
         def timed(*args, **kwargs):
             if self.counting:
@@ -57,6 +59,18 @@ class Parts:
             return out
 
         setattr(owner, attribute, timed)
+
+    def restore(self) -> None:
+        """Undo every wrap, last first (the module-level attention function included)."""
+        for owner, attribute, own in reversed(self._wrapped):
+            if own is _ABSENT:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, own)
+        self._wrapped.clear()
+
+
+_ABSENT = object()
 
 
 def instrument(stage: CapFiltStage) -> Parts:
@@ -87,15 +101,18 @@ def measure(size: str, repeats: int) -> tuple[list[tuple[str, float, float]], fl
         stage(batch)
     total_flops = counter.get_total_flops()
     parts = instrument(stage)
-    parts.counting = True
-    stage(batch)
-    parts.counting = False
-    runs = []
-    for _ in range(repeats):
-        parts.seconds.clear()
-        start = time.perf_counter()
+    try:
+        parts.counting = True
         stage(batch)
-        runs.append((time.perf_counter() - start, dict(parts.seconds)))
+        parts.counting = False
+        runs = []
+        for _ in range(repeats):
+            parts.seconds.clear()
+            start = time.perf_counter()
+            stage(batch)
+            runs.append((time.perf_counter() - start, dict(parts.seconds)))
+    finally:
+        parts.restore()
     rows = [(name, statistics.median(run.get(name, 0.0) for _, run in runs), parts.flops[name])
             for name in parts.order]
     return rows, statistics.median(total for total, _ in runs), total_flops, peak

@@ -104,7 +104,11 @@ def test_stage_parts_accounts_for_the_stage_call():
     spec = importlib.util.spec_from_file_location("stage_parts", ROOT / "benchmarks/stage_parts.py")
     parts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(parts)
+    import models.patches
+
+    attention = models.patches._eager_per_image
     rows, total, flops, peak = parts.measure("tiny", 1)
+    assert models.patches._eager_per_image is attention  # the wrappers are undone
     seconds = {name.strip(): s for name, s, _ in rows}
     counted = {name.strip(): f for name, _, f in rows}
     assert set(seconds) == {"captioner ViT", "captioner ViT: its linear layers", "filter ViT",
