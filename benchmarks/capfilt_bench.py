@@ -90,11 +90,13 @@ def sampling(prompt_len: int, num_captions: int) -> Sampling:
 
 class PeakMemory:
     """Peak summed RSS of this process and all its descendants (Ray workers included), sampled every 0.2 s; and the
-    CPU seconds each of them used meanwhile (`cpu_split`, grouped by what each process was last seen doing), as last
-    seen: a process that ends loses at most 0.2 s."""
+    CPU seconds each of them used (`cpu_split`, grouped by what each process was last seen doing) in a window: the
+    whole block, or from `count_cpu_from_now` to `stop_counting_cpu`, each of which samples at once. A process that
+    ends, or starts, between two samples loses at most 0.2 s."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
+        self._lock, self._counting, self._window = threading.Lock(), True, 0  # _window: restarts and stops so far
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (group, CPU seconds at the start, last seen)
 
     def __enter__(self):
@@ -103,27 +105,47 @@ class PeakMemory:
         return self
 
     def _run(self):
-        me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
-            for proc in [me] + me.children(recursive=True):
-                try:
-                    total += proc.memory_info().rss
-                    times = proc.cpu_times()
-                    group = _group(proc, me)  # as last seen: a Ray worker becomes the model actor after it starts
-                except psutil.Error:
-                    continue
-                used = times.user + times.system
-                start = self._cpu.get(proc.pid, (group, used, used))[1]
-                self._cpu[proc.pid] = (group, start, used)
-            self.peak = max(self.peak, total)
+            self._sample()
             time.sleep(0.2)
 
+    def _sample(self, change: str | None = None) -> None:
+        """One reading of every process; `change` "restart" or "stop" moves the counting window's edge to it."""
+        window, me, total, seen = self._window, psutil.Process(), 0, {}
+        for proc in [me] + me.children(recursive=True):
+            try:
+                total += proc.memory_info().rss
+                times = proc.cpu_times()
+                group = _group(proc, me)  # as last seen: a Ray worker becomes the model actor after it starts
+            except psutil.Error:
+                continue
+            seen[proc.pid] = (group, times.user + times.system)
+        self.peak = max(self.peak, total)
+        with self._lock:
+            if change is None and window != self._window:
+                return  # the sampler's reading, begun before an edge the caller just set: too early to count
+            if change == "restart":
+                self._cpu = {}
+            if self._counting or change == "restart":
+                for pid, (group, used) in seen.items():
+                    self._cpu[pid] = (group, self._cpu.get(pid, (group, used, used))[1], used)
+            if change is not None:
+                self._counting, self._window = change == "restart", self._window + 1
+
+    def count_cpu_from_now(self) -> None:
+        """Forget the CPU seconds counted so far: count from this moment (a clock's start)."""
+        self._sample("restart")
+
+    def stop_counting_cpu(self) -> None:
+        """Take the last count now and keep it (a clock's end); peak memory goes on being sampled."""
+        self._sample("stop")
+
     def cpu_split(self) -> dict[str, float]:
-        """CPU seconds per group of processes (driver, model actor, other Ray processes) while the block ran."""
+        """CPU seconds per group of processes (driver, model actor, other Ray processes) in the counting window."""
         split: dict[str, float] = {}
-        for group, start, last in self._cpu.values():
-            split[group] = split.get(group, 0.0) + last - start
+        with self._lock:
+            for group, start, last in self._cpu.values():
+                split[group] = split.get(group, 0.0) + last - start
         return split
 
     def __exit__(self, *exc):
@@ -200,7 +222,15 @@ def job_run(shards: list[Path], out: str, captioner: str, filter_name: str, samp
     config = CapFiltConfig(input=" ".join(map(str, shards)), output=out, captioner=captioner, filter=filter_name,
                            sampling=sample, batch_size=batch_size, model_threads=threads, overwrite=True)
     with PeakMemory() as memory:
-        summary = run_capfilt(config, log=lambda line: None)
+        # the CPU seconds over the job's own clock: from its first line (the models loaded, the clock starts) to
+        # its summary line (the clock stops), as pipelines/ray_runner.py logs them
+        def clock(line: str) -> None:
+            if line.startswith("capfilt: "):
+                memory.count_cpu_from_now()
+            elif line.startswith("capfilt done: "):
+                memory.stop_counting_cpu()
+
+        summary = run_capfilt(config, log=clock)
     return {"seconds": summary["seconds"], "samples": summary["samples"], "peak_gb": memory.peak / 2**30,
             "cpu": memory.cpu_split()}
 
@@ -243,7 +273,7 @@ def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tu
     """Ray's overhead alone: the same shards through one process and through the job, in turn, `args.pairs` jobs
     each between two in-process runs (one process, job, one process, job, ..., one process), so each job is held
     against the mean of the runs just before and just after it: the machine's speed drifts over minutes, and a
-    drift that is steady over the three runs cancels. Also where the cores went during each job, and the job's
+    drift that is steady over the three runs cancels. Also where the cores went over each job's clock, and the job's
     share of the bf16 roofline over these shards (at 1,000 samples a shard, the steady state a real run sees). Both
     clocks start with the models loaded: the in-process stage is built and warmed before its clock starts, and the
     job's clock (its summary's seconds) once its model actor has loaded them, so only the job's first batch is cold."""
