@@ -50,10 +50,11 @@ def test_benchmark_overhead_mode(tmp_path):
         cpu = values[f"run {2 * job}: CPU seconds during the job"]
         assert "model actor" in cpu and "driver" in cpu and "of the cores' time" in cpu, cpu
         # counted over the job's clock (its models loaded to its summary), which leaves out the actor's start: at
-        # tiny size that start alone takes more CPU seconds than both cores have in the clock's ~0.1 s
+        # tiny size that start alone takes 3-4 CPU seconds, more than both cores have in the clock's ~0.1 s with a
+        # second of slack (for a Ray worker starting inside the clock)
         used = [float(n) for n in re.findall(r"(?:model actor|other Ray processes|driver) ([0-9.]+)", cpu)]
         cores = (os.cpu_count() or 1) * seconds[2 * job]
-        assert len(used) >= 2 and sum(used) <= cores + 0.3, (cpu, seconds[2 * job])
+        assert len(used) >= 2 and sum(used) <= cores + 1.0, (cpu, seconds[2 * job])
         overhead = next(value for measure, value in rows if measure.startswith(f"Ray overhead of job {job} "))
         # the table prints seconds to 3 decimals and the overhead to 0.1%: at tiny size a run takes ~0.1 s, so the
         # recomputed overhead is only known within the bounds those roundings leave
