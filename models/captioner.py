@@ -32,12 +32,12 @@ class Captioner(Role):
         """
         input_ids = self._prompt_ids(prompt, image_embeds.shape[0] if rows is None else rows.shape[0])
         # Without rows (beam search) transformers expands the states per beam itself.
-        sharing = contextlib.nullcontext() if rows is None else shared_image_rows(rows)
-        with self.autocast(), sharing:
+        sharing = contextlib.nullcontext(image_embeds) if rows is None else shared_image_rows(self.model, image_embeds, rows)
+        with self.autocast(), sharing as states:
             out = self.model.text_decoder.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                encoder_hidden_states=image_embeds,
+                encoder_hidden_states=states,
                 eos_token_id=self.sep_id,
                 pad_token_id=self.pad_id,
                 **kwargs,

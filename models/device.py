@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 
 import torch
 
@@ -25,18 +27,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
-    # bf16 only pays off on CPUs with native bf16 dot products (AVX512-BF16 or AMX); elsewhere
-    # autocast emulates it and is slower than fp32.
+    """Native bf16 dot products (AVX512-BF16 or AMX). Elsewhere bf16 autocast is emulated and slower than fp32."""
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()) or bool(
         getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     )
+
+
+@functools.cache
+def cpu_bf16_kernels() -> bool:
+    """oneDNN's bf16 kernels (packed linear weights): AVX512 BW/VL/DQ or AVX-NE-CONVERT, as oneDNN itself checks;
+    AVX2-only CPUs have none and oneDNN raises on them."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(supported()) if supported is not None else torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def cpu_description() -> str:
+    """torch's CPU capability and the bf16 support that decides the CPU paths, for logs and benchmarks."""
+    return (f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if cpu_has_fast_bf16() else 'no'}, "
+            f"oneDNN bf16 {'yes' if cpu_bf16_kernels() else 'no'}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` is bf16 on CUDA and on CPUs with native bf16, fp32 otherwise."""
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        _warn_emulated_bf16()
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -49,3 +69,9 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    warnings.warn(f"precision bf16 on a CPU without native bf16 ({cpu_description()}): bf16 is emulated there and "
+                  "slower than fp32; --precision auto picks fp32 on this CPU", RuntimeWarning, stacklevel=3)

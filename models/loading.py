@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from models import tiny
-from models.patches import patch_blip_text
+from models.patches import patch_blip
 
 ZOO_FILE = Path(__file__).with_name("zoo.json")
 # The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares.
@@ -118,7 +118,7 @@ def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
     if spec.kind in ("tiny", "random"):
         shape = "tiny" if spec.kind == "tiny" else "base"
         model, tokenizer = tiny.build_tiny(spec.task, seed=int(spec.location), size=shape)
-        patch_blip_text(model)
+        patch_blip(model)
         size = model.config.vision_config.image_size
         return Checkpoint(spec, "blip", spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD,
                           f"{shape}-random-seed{spec.location}")
@@ -178,7 +178,7 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; the user needs one sentence
         raise ModelLoadError(f"cannot load {str(directory)!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
-    patch_blip_text(model)
+    patch_blip(model)
     text_vocab = getattr(getattr(model.config, "text_config", None), "vocab_size", None)
     if family == "blip" and text_vocab and len(tokenizer) > text_vocab:
         raise ModelLoadError(f"{str(directory)!r}: the tokenizer has {len(tokenizer)} tokens but the model only {text_vocab}")

@@ -53,11 +53,11 @@ class Matcher(Role):
         head's raw "match" logit instead (BLIP's retrieval rerank adds it to the ITC similarity)."""
         ids, mask = self.tokenize(texts, TEXT_MAX_LENGTH, first_token=self.enc_id)
         rows = torch.arange(len(texts), device=self.device) if image_index is None else image_index
-        with self.autocast(), shared_image_rows(rows):
+        with self.autocast(), shared_image_rows(self.model, image_states, rows) as encoder_states:
             states = self.model.text_encoder(
                 input_ids=ids,
                 attention_mask=mask,
-                encoder_hidden_states=image_states,  # no encoder mask: every image token is valid
+                encoder_hidden_states=encoder_states,  # no encoder mask: every image token is valid
                 return_dict=True,
             ).last_hidden_state
             logits = self.model.itm_head(states[:, 0, :]).float()

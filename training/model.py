@@ -30,7 +30,7 @@ from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, Bli
 
 from models import tiny
 from models.loading import CLIP_MEAN, CLIP_STD, load_checkpoint
-from models.patches import patch_blip_text
+from models.patches import patch_blip
 from training import objectives
 
 EXPORT_CLASSES = {
@@ -90,7 +90,7 @@ class BlipTrainee(nn.Module):
         self.text_proj = nn.Linear(text.hidden_size, config.image_text_hidden_size)
         self.itm_head = nn.Linear(text.hidden_size, 2)
         self.temp = nn.Parameter(torch.tensor(TEMPERATURE))
-        patch_blip_text(self)  # fused vision attention; the cross-attention mask fix
+        patch_blip(self)  # fused vision attention; the cross-attention mask fix
 
     def forward(self, pixel_values: torch.Tensor, batch, names=objectives.OBJECTIVES, generator=None,
                 margin: float = 0.0):
@@ -164,7 +164,7 @@ class VisionClassifier(nn.Module):
         self.vision_model = BlipVisionModel(config.vision_config)
         hidden = config.vision_config.hidden_size
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in classes.items()})
-        patch_blip_text(self)  # the vision attention kernel, as in BlipTrainee
+        patch_blip(self)  # the vision attention kernel, as in BlipTrainee
 
     @classmethod
     def create(cls, config: BlipConfig, classes: dict[str, int], seed: int) -> VisionClassifier:
