@@ -32,7 +32,8 @@ class Captioner(Role):
         """
         input_ids = self._prompt_ids(prompt, image_embeds.shape[0] if rows is None else rows.shape[0])
         # Without rows (beam search) transformers expands the states per beam itself.
-        sharing = contextlib.nullcontext(image_embeds) if rows is None else shared_image_rows(self.model, image_embeds, rows)
+        sharing = (contextlib.nullcontext(image_embeds) if rows is None
+                   else shared_image_rows(self.model, image_embeds, rows))
         with self.autocast(), sharing as states:
             out = self.model.text_decoder.generate(
                 input_ids=input_ids,

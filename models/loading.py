@@ -174,6 +174,7 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
         raise ModelLoadError(f"{str(directory)!r} has no tokenizer (tokenizer.json or vocab.txt) beside its weights")
     model_class = getattr(transformers, known[0])
     try:
+        transformers.utils.logging.disable_progress_bar()  # capfilt reports its own progress; no bar per actor
         model = model_class.from_pretrained(directory, use_safetensors=True).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; the user needs one sentence

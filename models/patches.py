@@ -15,7 +15,9 @@ it does not, the module keeps transformers' plain path and one warning names the
 - `vision`: the ViT's attention without transformers' eager path over the whole batch: image by image in bf16 on
   CPUs with native bf16, torch's fused scaled_dot_product_attention elsewhere.
 - `packed`: bf16 nn.Linear weights reordered once into oneDNN's blocked layout on CPUs whose oneDNN has bf16
-  kernels (`pack_linear_weights`); outputs are bit-identical. The gains are in BENCHMARKS.md ("Kernel choices").
+  kernels (`pack_linear_weights`); outputs are bit-identical.
+
+What each change saves is measured in BENCHMARKS.md, "BLIP-base CapFilt on a 2-core AMD EPYC with AVX512-BF16".
 """
 from __future__ import annotations
 
@@ -112,8 +114,9 @@ class CrossAttention(BlipTextSelfAttention):
 
 
 # ------------------------------------------------------------------------------------------------ vision attention
-# On the 2-core Zen 5 of BENCHMARKS.md ("Kernel choices"), image by image beat both the fused kernel and eager over
-# the batch in bf16. A setting, not a constant, so a benchmark can compare (benchmarks/capfilt_bench.py).
+# Image by image beat both the fused kernel and eager over the batch in bf16 on CPUs (BENCHMARKS.md, "BLIP-base
+# CapFilt on a 2-core AMD EPYC with AVX512-BF16"). A module setting, so a benchmark can compare
+# (benchmarks/capfilt_bench.py).
 CPU_BF16_PER_IMAGE = True
 
 
@@ -177,7 +180,8 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
         return 0
     count = 0
     for layer in model.modules():
-        if type(layer) is torch.nn.Linear and layer.weight.dtype == torch.bfloat16 and layer.weight.device.type == "cpu":
+        weight = getattr(layer, "weight", None)
+        if type(layer) is torch.nn.Linear and weight.dtype == torch.bfloat16 and weight.device.type == "cpu":
             _pack(layer)
         count += isinstance(layer, PackedLinear)
     return count
@@ -247,7 +251,8 @@ def _differs(ours: torch.Tensor, theirs: torch.Tensor, atol: float = 1e-5) -> st
 
 
 def _cross_attention() -> tuple[BlipTextSelfAttention, CrossAttention]:
-    config = BlipTextConfig(hidden_size=32, num_attention_heads=4, encoder_hidden_size=24, attention_probs_dropout_prob=0)
+    config = BlipTextConfig(hidden_size=32, num_attention_heads=4, encoder_hidden_size=24,
+                            attention_probs_dropout_prob=0)
     plain = BlipTextSelfAttention(config, is_cross_attention=True, layer_idx=0).eval()
     ours = BlipTextSelfAttention(config, is_cross_attention=True, layer_idx=0).eval()
     ours.load_state_dict(plain.state_dict())
