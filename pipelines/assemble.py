@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from schemas.capfilt import COLUMN_NAMES, STATUS_OK, sample_schema
+from schemas.capfilt import COLUMN_NAMES, STATUS_OK, no_retries, sample_schema
 
 
 def shard_table(rows: list[dict], embedding_dim: int) -> pa.Table:
@@ -28,8 +28,9 @@ def embedding_array(embeddings: list, dim: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim, mask=pa.array(~valid))
 
 
-def shard_stats(shard_id: str, url: str, rows: list[dict], started: float) -> dict:
-    """The done-marker's content: counts by status and error type, whether the shard was read to its end."""
+def shard_stats(shard_id: str, url: str, rows: list[dict], started: float, retries: dict | None = None) -> dict:
+    """The done-marker's content: counts by status and error type, whether the shard was read to its end, and
+    the work redone after failures (`retries`, keys of schemas.capfilt.RETRY_COUNTS; zeros when not given)."""
     errors: dict[str, int] = {}
     for row in rows:
         if row["status"] != STATUS_OK:
@@ -43,6 +44,7 @@ def shard_stats(shard_id: str, url: str, rows: list[dict], started: float) -> di
         "errors": errors,
         "partial": bool(shard_errors),
         "shard_error": shard_errors[0]["error_message"] if shard_errors else None,
+        "retries": {**no_retries(), **(retries or {})},
         "seconds": round(time.time() - started, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -7,6 +7,8 @@ bounded by the number of shards decoded at once and by the batches allowed to wa
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -25,7 +27,7 @@ from pipelines.ray_tasks import batch_outline, crashed_sample, decode_shard
 from pipelines.sources import Shard, check_location, expand_shards
 from pipelines.stage import CapFiltStage
 from pipelines.writer import RunDir
-from schemas.capfilt import RUN_FILE
+from schemas.capfilt import RUN_FILE, no_retries
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 BATCHES_PER_ACTOR = 2  # in flight per actor: one running, one ready, so an actor never waits on the driver
@@ -45,9 +47,26 @@ def connect(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        # address="local": never join a stale cluster left by an earlier `ray start`.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
-                 configure_logging=False, log_to_driver=True)
+        # address="local": never join a stale cluster left by an earlier `ray start`. Ray's default for a new
+        # local instance (token auth on, the token kept in ~/.ray/auth_token) is kept; only the warning it logs
+        # on every run when RAY_AUTH_MODE is unset is not shown (a mode the user sets is Ray's to report).
+        with _quiet_logger(RAY_AUTH_LOGGER):
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
+                     configure_logging=False, log_to_driver=True)
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class ModelActor(CapFiltStage):
@@ -94,6 +113,7 @@ class ShardState:
     skip: int = 0  # samples the current decode task passes over: delivered by (or lost with) tasks that died
     single: int = 0  # samples after those that it delivers one per batch
     task_batches: int = 0  # batches read from it
+    retries: dict = field(default_factory=no_retries)  # work redone after failures (schemas.capfilt.RETRY_COUNTS)
 
     def delivered(self, batch_size: int) -> int:
         """The number of the shard's first sample that the current decode task has not delivered."""
@@ -187,6 +207,7 @@ class _Scheduler:
         self.active: dict[str, ShardState] = {}
         self.total, self.committed = total, already
         self.samples = self.errors = self.ok = 0
+        self.retries = no_retries()  # over the run, open shards included (they are what is slow now)
         self.started = self.last_progress = time.time()
 
     def run(self, todo: deque[Shard], max_active: int) -> dict:
@@ -208,7 +229,7 @@ class _Scheduler:
                 self._progress()
         elapsed = time.time() - self.started
         return {"shards": self.total, "committed": self.committed, "samples": self.samples, "ok": self.ok,
-                "errors": self.errors, "seconds": round(elapsed, 2),
+                "errors": self.errors, "retries": dict(self.retries), "seconds": round(elapsed, 2),
                 "samples_per_second": round(self.samples / elapsed, 2) if elapsed else None,
                 "output": self.config.output}
 
@@ -218,7 +239,8 @@ class _Scheduler:
         pending = sum(len(s.rows) for s in self.active.values())
         elapsed = self.last_progress - self.started
         self.log(f"[{self.committed}/{self.total} shards] {len(self.active)} open, {self.samples + pending} samples "
-                 f"scored, {(self.samples + pending) / elapsed:.1f}/s, {self.errors} errors in committed shards")
+                 f"scored, {(self.samples + pending) / elapsed:.1f}/s, {self.errors} errors in committed shards"
+                 f"{_retries_text(self.retries)}")
 
     def _start(self, shard: Shard) -> None:
         self.active[shard.id] = state = ShardState(shard)
@@ -272,6 +294,7 @@ class _Scheduler:
             state.batches += 1
             at += 1
         self.log(f"{state.shard.id}: a decode process died ({reason}); decoding resumes at sample {at}")
+        self._count(state, "decode_restarts")
         self._decode(state, skip=at, single=self.config.batch_size)
 
     def _dispatch(self) -> None:
@@ -336,6 +359,7 @@ class _Scheduler:
         """Try a failed batch again; then sample by sample, each alone on its actor (a dying actor also fails the
         other call queued on it); a sample that fails twice alone becomes an error row."""
         if work.tries < MAX_TRIES:
+            self._count(state, "samples_retried" if work.isolated else "batches_retried")
             self.waiting.appendleft(work)
             return
         try:
@@ -351,12 +375,22 @@ class _Scheduler:
                 pieces.append(Work(work.shard, work.seq, work.batch, [], with_errors=True))
             state.outstanding += len(pieces) - 1
             self.waiting.extendleft(reversed(pieces))
+            self._count(state, "batches_isolated")
+            self._count(state, "samples_isolated", len(subset))
+            keys = [outline[p][1].get("key") for p in subset]
+            span = f"{keys[0]}..{keys[-1]}" if len(keys) > 1 else f"{keys[0]}" if keys else "none decoded"
+            self.log(f"{state.shard.id}: batch {work.seq} (samples {span}) failed {work.tries} times; its "
+                     f"{len(subset)} samples now run one at a time, each alone on its actor (slower): {_reason(exc)}")
             return
         position, row = outline[subset[0]]
         kind = "worker_crashed" if isinstance(exc, RayActorError) else "model_failed"
         state.rows[(work.seq, position)] = {**row, "status": "error", "error_type": kind,
                                             "error_message": f"failed {MAX_TRIES} times on its own: {_reason(exc)}"}
         self._done_work(state)
+
+    def _count(self, state: ShardState, what: str, n: int = 1) -> None:
+        state.retries[what] += n
+        self.retries[what] += n
 
     def _done_work(self, state: ShardState) -> None:
         state.outstanding -= 1
@@ -367,7 +401,7 @@ class _Scheduler:
             return
         rows = [state.rows[key] for key in sorted(state.rows)]
         table = shard_table(rows, self.info["embedding_dim"])
-        stats = shard_stats(state.shard.id, state.shard.url, rows, state.started)
+        stats = shard_stats(state.shard.id, state.shard.url, rows, state.started, state.retries)
         self.out.commit_shard(state.shard.id, table, stats)
         del self.active[state.shard.id]
         self.committed += 1
@@ -377,7 +411,8 @@ class _Scheduler:
         self.last_progress = time.time()
         elapsed = self.last_progress - self.started
         self.log(f"[{self.committed}/{self.total} shards] {state.shard.id}: {stats['samples']} samples, "
-                 f"{stats['ok']} ok | run: {self.samples} samples, {self.samples / elapsed:.1f}/s, {self.errors} errors")
+                 f"{stats['ok']} ok{_retries_text(stats['retries'])} | run: {self.samples} samples, "
+                 f"{self.samples / elapsed:.1f}/s, {self.errors} errors")
 
 
 def _reason(exc: Exception) -> str:
@@ -385,7 +420,23 @@ def _reason(exc: Exception) -> str:
     return (text[-1] if text else type(exc).__name__)[:500]
 
 
+def _retries_text(counts: dict) -> str:
+    """', 2 batches retried, 1 isolated (8 samples alone, 1 retried), 1 decode restart', or '' when all are 0."""
+    parts = []
+    if counts["batches_retried"]:
+        parts.append(f"{counts['batches_retried']} batch{'es' if counts['batches_retried'] > 1 else ''} retried")
+    if counts["batches_isolated"]:  # samples run (and retried) alone only come from an isolated batch
+        alone = f"{counts['samples_isolated']} sample{'s' if counts['samples_isolated'] != 1 else ''} alone"
+        if counts["samples_retried"]:
+            alone += f", {counts['samples_retried']} retried"
+        parts.append(f"{counts['batches_isolated']} isolated ({alone})")
+    if counts["decode_restarts"]:
+        parts.append(f"{counts['decode_restarts']} decode restart{'s' if counts['decode_restarts'] > 1 else ''}")
+    return "".join(f", {part}" for part in parts)
+
+
 def _summary_line(summary: dict) -> str:
     return (f"capfilt done: {summary['committed']}/{summary['shards']} shards, {summary['samples']} samples "
-            f"({summary['ok']} ok, {summary['errors']} errors) in {summary['seconds']}s "
+            f"({summary['ok']} ok, {summary['errors']} errors{_retries_text(summary['retries'])}) "
+            f"in {summary['seconds']}s "
             f"({summary['samples_per_second']} samples/s) -> {summary['output']}")

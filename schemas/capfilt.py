@@ -49,3 +49,18 @@ RUN_FILE = "run.json"  # the full configuration; a re-run must match it
 SHARD_DIR = "shards"  # {shard}.parquet, then {shard}.done.json (the done-marker, written last)
 PARQUET_SUFFIX = ".parquet"
 MARKER_SUFFIX = ".done.json"
+
+# The done-marker's "retries" counts (the run summary has the same, over the run): work redone after a failure,
+# which costs time but leaves no trace in the rows. Zero in a run where nothing failed.
+RETRY_COUNTS: dict[str, str] = {
+    "batches_retried": "batches sent to a model actor again after a failure (its crash, an exception)",
+    "batches_isolated": "batches that failed on every try and were split: each sample run alone on its actor",
+    "samples_isolated": "samples run alone because their batch was split",
+    "samples_retried": "samples sent again after failing alone (one that fails every time alone is an error row)",
+    "decode_restarts": "decode tasks started again, one sample per batch, after every attempt's process died",
+}
+
+
+def no_retries() -> dict[str, int]:
+    """The retry counts of work that went through the first time."""
+    return dict.fromkeys(RETRY_COUNTS, 0)

@@ -6,6 +6,7 @@ It gets a private --temp-dir, so no stale /tmp/ray/ray_current_cluster is left f
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -54,11 +55,11 @@ def ray_env() -> dict:
     return env
 
 
-@pytest.fixture
-def ray_head():
-    """A `ray start --head` cluster with its dashboard on 127.0.0.1; yields (dashboard url, gcs port, env)."""
+@contextlib.contextmanager
+def running_head(env: dict):
+    """A `ray start --head` cluster run with `env`, its dashboard on 127.0.0.1; yields (dashboard url, gcs port,
+    the head's log: what `ray start` printed)."""
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
-    env = ray_env()
     gcs, dashboard = free_port(), free_port()
     command = [str(RAY), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -82,7 +83,7 @@ def ray_head():
                 except OSError:
                     pass
             time.sleep(0.3)
-        yield url, gcs, env
+        yield url, gcs, log_path
     finally:
         started = descendants(head.pid)  # before the stop: orphans can no longer be traced to the head
         try:
@@ -97,24 +98,24 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------------------------------ tests
-def test_ray_job_submit_runs_capfilt_on_the_cluster(ray_head, tmp_path):
-    """The submitted job joins the cluster named by RAY_ADDRESS, succeeds, and writes one row per input sample."""
-    url, gcs, env = ray_head
-    inputs = tmp_path / "shards"
-    build_demo_shards(inputs, shards=SHARDS, per_shard=PER_SHARD)
-    out = tmp_path / "out"
-    excludes = {"excludes": [".venv", "demo-out", ".git", ".pytest_cache", "out", "*.egg-info"]}
-    submit = subprocess.run(
-        [str(RAY), "job", "submit", "--address", url, "--working-dir", str(REPO), "--runtime-env-json",
-         json.dumps(excludes), "--log-style", "record", "--", "python", "jobs/capfilt.py", "--input",
-         str(inputs.resolve()), "--output", str(out.resolve())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "succeeded" in submit.stdout
-    assert f"127.0.0.1:{gcs}" in submit.stdout  # the driver joined this cluster, not an embedded instance
-    assert f"capfilt done: {SHARDS}/{SHARDS} shards, {SHARDS * PER_SHARD} samples" in submit.stdout
+@pytest.fixture
+def ray_head():
+    """The head with this test's token forced (ray_env); yields (dashboard url, gcs port, env)."""
+    env = ray_env()
+    with running_head(env) as (url, gcs, _):
+        yield url, gcs, env
 
+
+def capfilt_submit(url: str, inputs: Path, out: Path) -> list[str]:
+    """`ray job submit` of jobs/capfilt.py on the shards in `inputs`, writing to `out`."""
+    excludes = {"excludes": [".venv", "demo-out", ".git", ".pytest_cache", "out", "*.egg-info"]}
+    return [str(RAY), "job", "submit", "--address", url, "--working-dir", str(REPO), "--runtime-env-json",
+            json.dumps(excludes), "--log-style", "record", "--", "python", "jobs/capfilt.py", "--input",
+            str(inputs.resolve()), "--output", str(out.resolve())]
+
+
+def check_output(out: Path) -> None:
+    """The run of build_demo_shards(shards=SHARDS, per_shard=PER_SHARD) in `out`: one row per input sample."""
     assert (out / "run.json").exists()
     assert sorted(p.name for p in (out / "shards").glob("*.done.json")) == ["00000.done.json", "00001.done.json"]
     con = duckdb.connect()
@@ -127,3 +128,19 @@ def test_ray_job_submit_runs_capfilt_on_the_cluster(ray_head, tmp_path):
     # build_demo_shards truncates the last JPEG of the first shard and drops the last image of the last shard.
     assert errors == {("00000", "000000003"): "truncated_image", ("00001", "000010003"): "missing_image"}
     assert all(n == 1 for _, _, status, _, n in rows if status == "ok")
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+def test_ray_job_submit_runs_capfilt_on_the_cluster(ray_head, tmp_path):
+    """The submitted job joins the cluster named by RAY_ADDRESS, succeeds, and writes one row per input sample."""
+    url, gcs, env = ray_head
+    inputs = tmp_path / "shards"
+    build_demo_shards(inputs, shards=SHARDS, per_shard=PER_SHARD)
+    out = tmp_path / "out"
+    submit = subprocess.run(capfilt_submit(url, inputs, out), cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=150)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "succeeded" in submit.stdout
+    assert f"127.0.0.1:{gcs}" in submit.stdout  # the driver joined this cluster, not an embedded instance
+    assert f"capfilt done: {SHARDS}/{SHARDS} shards, {SHARDS * PER_SHARD} samples" in submit.stdout
+    check_output(out)

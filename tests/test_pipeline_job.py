@@ -213,3 +213,33 @@ def test_decode_workers_do_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_empty_web_captions_mixed_in_a_batch_need_no_retries(cluster, tmp_path):
+    """img2dataset writes an empty KEY.txt for a missing caption. A batch mixing such samples (and one with no
+    caption at all, and one of blanks) with captioned ones, at 3 synthetic captions per image, runs the first time:
+    no retry and no isolation (issue 23: the models failed on the mix and each batch silently ran sample by
+    sample), every row ok, web scores exactly where there is a web caption."""
+    captions = ["", "a grey square", "", "a photo of noise", None, "a small picture", "  ", "", "a last caption"]
+    members = {}
+    for i, caption in enumerate(captions):
+        image = jpeg_bytes(np.random.default_rng(100 + i).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+        members.update(sample_members(f"e{i}", image, caption, f"u/e{i}"))
+    path = write_tar(tmp_path / "empty.tar", members)
+    assert (tmp_path / "empty.tar").stat().st_size and b"" in members.values()  # the empty KEY.txt members
+    result, logs = run([path], tmp_path / "out", batch_size=4, sampling=Sampling(num_captions=3))
+    marker = json.loads((tmp_path / "out/shards/empty.done.json").read_text())
+    assert marker["retries"] == result["retries"] == dict.fromkeys(marker["retries"], 0)
+    assert set(marker["retries"]) >= {"batches_retried", "batches_isolated", "samples_isolated"}
+    assert not any("one at a time" in line for line in logs)
+    rows = {r["key"]: r for r in read_rows(tmp_path / "out")}
+    assert sorted(rows) == sorted(f"e{i}" for i in range(len(captions)))
+    for i, caption in enumerate(captions):
+        row = rows[f"e{i}"]
+        assert row["status"] == "ok", (row["key"], row["error_type"], row["error_message"])
+        assert row["web_caption"] == caption
+        assert len(row["synthetic"]) == 3
+        has_caption = bool(caption and caption.strip())
+        assert (row["web_itm"] is not None) == has_caption and (row["web_itc"] is not None) == has_caption
+        if has_caption:
+            assert 0.0 <= row["web_itm"] <= 1.0

@@ -3,6 +3,7 @@ would): once, or on every attempt at one poison image. The job finishes and ever
 retried or reported, never silently dropped and never retried forever."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def test_decoder_dying_once_loses_nothing(files, tmp_path):
     assert marker.exists()
     assert rows_of(tmp_path / "out") == [("00000", k, "ok", None) for k in keys]
     assert not any("decode process died" in line for line in logs)  # Ray's own retry was enough
+    assert json.loads((tmp_path / "out/shards/00000.done.json").read_text())["retries"]["decode_restarts"] == 0
 
 
 def test_poison_image_that_kills_every_decoder(files, tmp_path):
@@ -127,3 +129,7 @@ def test_poison_image_that_kills_every_decoder(files, tmp_path):
     # died before its last batch reached the driver), one by one; then after the poison.
     resumed = [int(line.rsplit(" ", 1)[-1]) for line in logs if "decoding resumes at sample" in line]
     assert len(resumed) == 2 and resumed[0] in (0, 4) and resumed[1] == 6, logs
+    # Each of those restarts is counted: in the shard's done-marker, the summary and the summary line.
+    markers = {s: json.loads((tmp_path / "out/shards" / f"{s}.done.json").read_text()) for s in ("00000", "00001")}
+    assert markers["00000"]["retries"]["decode_restarts"] == 2 and markers["00001"]["retries"]["decode_restarts"] == 0
+    assert result["retries"]["decode_restarts"] == 2 and ", 2 decode restarts" in logs[-1], logs
