@@ -19,17 +19,15 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from models.sampling_config import Sampling
+from pipelines.config import CapFiltConfig
+from pipelines.ray_runner import run_capfilt
+from shapeworld import annotated, evidence
+from shapeworld.build import MARKER, ensure_world, stream
+from training.bootstrap import LoopSettings
+from training.job import FALSE_NEGATIVE_MARGIN, TrainJob, run_worker
 
-from pipelines.config import CapFiltConfig  # noqa: E402
-from pipelines.ray_runner import run_capfilt  # noqa: E402
-from pipelines.stage import Sampling  # noqa: E402
-from shapeworld import annotated, evidence  # noqa: E402
-from shapeworld.build import MARKER, ensure_world, stream  # noqa: E402
-from training.bootstrap import LoopSettings  # noqa: E402
-from training.job import TrainJob, run_worker  # noqa: E402
-from training.loop import FALSE_NEGATIVE_MARGIN  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS = {"epochs": LoopSettings.filter_epochs, "margin": FALSE_NEGATIVE_MARGIN["filter"],
             "lr": LoopSettings.filter_lr, "batch_size": LoopSettings.filter_batch_size, "seed": 0}  # the loop's filter

@@ -13,12 +13,9 @@ import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.job import TrainJob, run_worker  # noqa: E402
-from training.ray_train import fit  # noqa: E402
+from training.job import TrainJob, run_worker
+from training.ray_train import fit
 
 
 def main(world: str, epochs: float = 2.0) -> dict:

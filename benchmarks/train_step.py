@@ -16,17 +16,14 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from training import loop  # noqa: E402
-from training.data import load_shards  # noqa: E402
-from training.model import BlipTrainee, world_config, world_tokenizer  # noqa: E402
+from training import loop
+from training.data import load_shards
+from training.job import TASK_OBJECTIVES
+from training.model import BlipTrainee, world_config, world_tokenizer
 
 # per comparison: {variant: (the loop function it replaces, the replacement)}, the loop's own choice second
 COMPARISONS = {
@@ -42,7 +39,7 @@ def main(world: str, steps: int = 60, rounds: int = 4, compare: str = "attention
     tokenizer = world_tokenizer()
     config = world_config(tokenizer, "small")
     data = load_shards(f"{world}/web/*.tar", config.vision_config.image_size)
-    recipe = loop.Recipe(loop.TASK_OBJECTIVES["pretrain"], epochs=steps * 64 / len(data), batch_size=64, bf16=True,
+    recipe = loop.Recipe(TASK_OBJECTIVES["pretrain"], epochs=steps * 64 / len(data), batch_size=64, bf16=True,
                          log_every=10 ** 9)
     variants = COMPARISONS[compare]
     seconds = {name: [] for name in variants}

@@ -54,8 +54,8 @@ def _group(rows: list[dict]) -> list[tuple[dict, list[dict]]]:
 def _summary_cells(first: dict, group: list[dict]) -> tuple[str, str]:
     reference = published(first["model"], first["benchmark"])
     note = reference.pop("note", None)
-    if first["status"] == "skipped":
-        ours = f"skipped: {first['note']}"
+    if first["status"] in ("skipped", "failed"):
+        ours = f"{first['status']}: {first['note']}"
     else:
         by_metric = {r["metric"]: r for r in group}
         names = [m for m in reference] or HEADLINE.get(first["task_type"], [])

@@ -1,4 +1,5 @@
-"""The evaluation history: rows of a run, appended to EVALDIR/results.parquet (locked, temporary file, rename)."""
+"""The evaluation history: a run's rows, appended to EVALDIR/results.parquet in one step (locked, temporary file,
+rename): a reader sees every row of a run or none."""
 from __future__ import annotations
 
 import datetime as dt
@@ -55,8 +56,10 @@ def code_version() -> tuple[str | None, str | None]:
     return version, commit or None
 
 
-def task_rows(run: RunInfo, task, model: dict, outcome=None, skipped: str | None = None) -> list[dict]:
-    """The history rows of one task: a row per metric (status ok or unavailable), or one row when it was skipped."""
+def task_rows(run: RunInfo, task, model: dict, outcome=None, skipped: str | None = None,
+              failed: str | None = None) -> list[dict]:
+    """The history rows of one task: a row per metric (status ok or unavailable), or one row when it was skipped
+    or failed (the reason in `note`)."""
     base = {
         "run_id": run.run_id, "time": run.time, "suite": run.suite, "suite_file": run.suite_file,
         "task": task.name, "task_type": task.type, "benchmark": task.benchmark, "dataset": task.dataset.format,
@@ -66,8 +69,9 @@ def task_rows(run: RunInfo, task, model: dict, outcome=None, skipped: str | None
         "capfilt_version": run.capfilt_version, "git_commit": run.git_commit,
         "protocol": json.dumps(task.protocol, sort_keys=True),
     }
-    if skipped is not None:
-        return [{**base, "metric": None, "value": None, "status": "skipped", "note": skipped, "samples": None}]
+    if skipped is not None or failed is not None:
+        status, note = ("skipped", skipped) if skipped is not None else ("failed", failed)
+        return [{**base, "metric": None, "value": None, "status": status, "note": note, "samples": None}]
     rows = [{**base, "metric": name, "value": float(value), "status": "ok", "note": outcome.note or None,
              "samples": outcome.samples} for name, value in outcome.metrics.items()]
     rows += [{**base, "metric": name, "value": None, "status": "unavailable", "note": why, "samples": outcome.samples}

@@ -2,7 +2,11 @@
 
 Everything a model cannot run is decided before any model loads: a task whose model does not exist yet (NLVR2 and
 grounding, BLIP-2 names) is skipped with the reason, and every runnable task's annotation files and images are
-read and checked first, so a missing file fails the run in seconds, not after an hour of captioning.
+read and checked first, so a missing file fails the run in seconds, not after an hour of captioning. Torch-free
+until the model actors start.
+
+A task that raises while it runs is recorded as failed, with its reason, and the next task runs. A run's rows land
+in the history together, once every task has had its turn, or not at all (an interrupted run records nothing).
 """
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from pathlib import Path
 
 from evaluation.loaders import load_dataset
 from evaluation.results import RunInfo, append_history, new_run, task_rows, write_predictions
-from evaluation.serving import MODEL_TASK
 from evaluation.suite import Suite, Task
 from evaluation.tasks import RUNNERS
-from models.loading import ModelLoadError, resolve
+from models.names import ModelLoadError, resolve
+
+# The model task each task type runs on.
+MODEL_TASK = {"caption": "caption", "retrieval": "retrieval", "vqa": "vqa", "nlvr": "nlvr", "grounding": "grounding"}
 
 
 @dataclass
@@ -32,6 +38,11 @@ class RunResult:
     run: RunInfo
     rows: list[dict]
     titles: dict[str, str]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """{task: reason} of the tasks that raised while they ran."""
+        return {row["task"]: row["note"] for row in self.rows if row["status"] == "failed"}
 
 
 def skip_reason(task: Task) -> str | None:
@@ -55,8 +66,15 @@ def _summary(outcome) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in shown)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a task failed: the exception's type and the first line of its message."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+
+
 def run_suite(suite: Suite, options: Options, log=print) -> RunResult:
-    """Run every task of `suite`, append its rows to the history of `options.evaldir`, and return them."""
+    """Run every task of `suite`, append its rows to the history of `options.evaldir` (all at once, after the last
+    task), and return them. A task that raises an Exception is a `failed` row; the other tasks still run."""
     run = new_run(suite.name, str(suite.path), options.limit)
     plan = [(task, skip_reason(task)) for task in suite.tasks]
     data = {task.name: load_dataset(task, options.limit) for task, reason in plan if reason is None}
@@ -80,7 +98,13 @@ def run_suite(suite: Suite, options: Options, log=print) -> RunResult:
                 continue
             started = time.time()
             pool = pools[task.role]
-            outcome = RUNNERS[task.type](task, data[task.name], pool)
+            try:
+                outcome = RUNNERS[task.type](task, data[task.name], pool)
+            except Exception as exc:  # noqa: BLE001 - any crash of one task is that task's result, not the run's
+                reason = failure_reason(exc)
+                rows += task_rows(run, task, pool.info, failed=reason)
+                log(f"{prefix}: failed ({reason})")
+                continue
             if outcome.predictions is not None:
                 write_predictions(options.evaldir, run.run_id, task.name, outcome.predictions)
             rows += task_rows(run, task, pool.info, outcome)
@@ -88,6 +112,6 @@ def run_suite(suite: Suite, options: Options, log=print) -> RunResult:
     finally:
         if pools:
             stop_pools(pools)
-        if rows:  # a task that fails late does not lose the hours of the tasks before it
-            append_history(options.evaldir, rows)
+    if rows:  # every task has had its turn: the run's rows land together (a failed task is a row too)
+        append_history(options.evaldir, rows)
     return RunResult(run, rows, {task.name: task.title for task in suite.tasks})

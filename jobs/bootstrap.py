@@ -8,7 +8,8 @@ from it on the clean set, runs CapFilt over the web shards and exports the boots
 models on the raw and on the bootstrapped data (one each per seed), evaluates, and writes WORKDIR/REPORT.md and
 WORKDIR/report.json. Stages already done in WORKDIR are skipped (re-run to resume).
 `--ship` then copies the fine-tuned models into models/checkpoints/ (the zoo's shapes_* names).
-Exit codes: 0 done, 2 a usage or data problem (one `error:` line).
+Exit codes: 0 done, 2 a usage or data problem (one `error:` line), 130 interrupted (re-run to resume).
+`capfilt bootstrap ...` is the same command.
 """
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/bootstrap.py` from any directory
-
-from evaluation.datasets import DatasetFormatError  # noqa: E402
-from evaluation.suite import SuiteError  # noqa: E402
-from models.loading import ModelLoadError  # noqa: E402
-from pipelines.sources import LocationError  # noqa: E402
+from evaluation.datasets import DatasetFormatError
+from evaluation.suite import SuiteError
+from jobs.cli import Parser, UsageError, entry
+from models.names import ModelLoadError
+from pipelines.sources import LocationError
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 # The reduced loop checks the machinery, not quality: tiny models trained for seconds score near chance, so its
@@ -30,12 +30,14 @@ QUICK = dict(world_size="small", seeds=(0,), model_size="tiny", vision_epochs=2,
              caption_epochs=2, filter_epochs=2, filter_batch_size=16, vqa_epochs=1, batch_size=16, eval_limit=20, threshold=0.2)
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="jobs/bootstrap.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+INTERRUPTED = "interrupted: the stages done are kept; run the same command again to resume"
+
+
+def parse_args(argv, prog: str = "jobs/bootstrap.py"):
+    p = Parser(prog=prog, description=__doc__)
     p.add_argument("--workdir", required=True, help="folder for the world, the models, the runs and the report")
     p.add_argument("--seeds", help="comma-separated pre-training seeds (default 0,1,2)")
-    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world-seed", type=int, default=0, help="the shape world's seed (scenes, captions, noise)")
     p.add_argument("--base-epochs", type=float, help="pre-training of the base model that bootstraps (default 10)")
     p.add_argument("--pretrain-epochs", type=float, help="pre-training of each compared model (default 2)")
     p.add_argument("--compare-from-vision", action=argparse.BooleanOptionalAction, default=None,
@@ -48,8 +50,12 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "jobs/bootstrap.py") -> int:
+    try:
+        args = parse_args(argv, prog)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from training.bootstrap import Loop, LoopSettings
 
     settings = dict(QUICK) if args.quick else {}
@@ -76,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main, interrupted=INTERRUPTED))

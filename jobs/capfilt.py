@@ -1,12 +1,14 @@
 """CapFilt job: caption every image of webdataset shards, score web and synthetic captions, write Parquet.
 
-    python jobs/capfilt.py --input 'shards/{00000..00099}.tar' --output out/run1 \
+    python jobs/capfilt.py --input 'shards/{00000..00099}.tar' --output out/run1 \\
         --captioner blip-base_3rdparty_caption --filter blip-base_3rdparty_retrieval --num-captions 5
+    capfilt run ...   (the same job, as a console script)
 
 Runs on an embedded local Ray, or on the cluster named by RAY_ADDRESS (`ray job submit --working-dir . -- python
-jobs/capfilt.py ...`). Re-running the same command resumes. `--demo` writes shape-world web shards whose noisy
-captions are known, runs CapFilt on them with the shipped shape-world models (shapes_caption, shapes_retrieval)
-and prints what the filter removed, per kind of noise, against the truth.
+jobs/capfilt.py ...`). Re-running the same command resumes; so does it after Ctrl-C (exit 130). `--demo` writes
+shape-world web shards whose noisy captions are known, runs CapFilt on them with the shipped shape-world models
+(shapes_caption, shapes_retrieval) and prints what the filter removed, per kind of noise, against the truth.
+Exit codes: 0 done, 2 a usage, input or model problem (one `error:` line), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -15,47 +17,62 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/capfilt.py` from any directory
-
-from models import ModelLoadError  # noqa: E402
-from models.device import DeviceError  # noqa: E402
-from pipelines.config import CapFiltConfig, RunConflict  # noqa: E402
-from pipelines.sources import LocationError  # noqa: E402
-from pipelines.stage import Sampling  # noqa: E402
+from jobs.cli import Parser, UsageError, entry
+from models.names import DeviceError, ModelLoadError
+from models.sampling_config import Sampling
+from pipelines.config import CapFiltConfig, RunConflict
+from pipelines.sources import LocationError
 
 USER_ERRORS = (ModelLoadError, DeviceError, LocationError, RunConflict, ValueError)
 DEFAULT_MODELS = {"captioner": "tiny-random_caption", "filter": "tiny-random_retrieval"}
 DEMO_MODELS = {"captioner": "shapes_caption", "filter": "shapes_retrieval"}  # trained on the shape world, shipped
+INTERRUPTED = "interrupted: the shards committed so far are kept; run the same command again to resume"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser(prog: str = "jobs/capfilt.py") -> Parser:
     defaults = Sampling()
-    p = argparse.ArgumentParser(prog="jobs/capfilt.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", help="shards: path, directory, glob, brace range or fsspec URL (space-separated list ok)")
-    p.add_argument("--output", help="run directory (local path or fsspec URL)")
-    p.add_argument("--captioner", help="zoo name, hub repo id or local directory (default tiny-random_caption; "
-                                         "with --demo, shapes_caption)")
-    p.add_argument("--filter", help="zoo name, hub repo id or local directory (default tiny-random_retrieval; "
-                                     "with --demo, shapes_retrieval)")
-    p.add_argument("--num-captions", type=int, default=defaults.num_captions, help="synthetic captions per image")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="captions depend on (seed, shard, key) only")
-    p.add_argument("--top-p", type=float, default=defaults.top_p)
-    p.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    p.add_argument("--max-length", type=int, default=defaults.max_length, help="caption tokens, counting the prompt")
-    p.add_argument("--min-length", type=int, default=defaults.min_length)
-    p.add_argument("--batch-size", type=int, help="images per model call (default 64 on GPUs, 8 on CPUs)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--actors", type=int, help="model actors (default: one per GPU, else one)")
-    p.add_argument("--decode-workers", type=int, help="shards decoded at once (default: the CPUs left)")
-    p.add_argument("--model-threads", type=int, help="torch threads per CPU model actor")
-    p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default Pillow's limit)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run made with other settings")
-    p.add_argument("--demo", action="store_true", help="write shape-world demo shards and run on them (see above)")
-    args = p.parse_args(argv)
+    p = Parser(prog=prog, description=__doc__)
+    io = p.add_argument_group("input and output")
+    io.add_argument("--input", help="shards: path, directory, glob, brace range or fsspec URL (space-separated list "
+                                    "ok); required unless --demo")
+    io.add_argument("--output", help="run directory (local path or fsspec URL); required unless --demo (default "
+                                     "there: demo-out)")
+    io.add_argument("--overwrite", action="store_true", help="replace a run made with other settings")
+    io.add_argument("--demo", action="store_true", help="write shape-world demo shards and run on them (see above)")
+    models = p.add_argument_group("models")
+    models.add_argument("--captioner", help="zoo name, hub repo id or local directory (default tiny-random_caption; "
+                                            "with --demo, shapes_caption)")
+    models.add_argument("--filter", help="zoo name, hub repo id or local directory (default tiny-random_retrieval; "
+                                         "with --demo, shapes_retrieval)")
+    sampling = p.add_argument_group("sampling (BLIP's CapFilt defaults)")
+    sampling.add_argument("--num-captions", type=int, default=defaults.num_captions, help="synthetic captions per image")
+    sampling.add_argument("--seed", type=int, default=defaults.seed, help="captions depend on (seed, shard, key) only")
+    sampling.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus: the smallest set of tokens "
+                                                                               "whose probability reaches this")
+    sampling.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
+                          help="divides the logits of tokens already generated")
+    sampling.add_argument("--max-length", type=int, default=defaults.max_length,
+                          help="caption tokens, counting [DEC] and the prompt")
+    sampling.add_argument("--min-length", type=int, default=defaults.min_length,
+                          help="caption tokens before [SEP] may end it, counting [DEC] and the prompt")
+    resources = p.add_argument_group("resources (of these, only --precision changes the output rows)")
+    resources.add_argument("--batch-size", type=int, help="images per model call (default 64 on GPUs, 8 on CPUs)")
+    resources.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    resources.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                           help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
+    resources.add_argument("--actors", type=int, help="model actors (default: one per GPU, else one)")
+    resources.add_argument("--decode-workers", type=int, help="shards decoded at once (default: the CPUs left)")
+    resources.add_argument("--model-threads", type=int, help="torch threads per CPU model actor (default: all cores "
+                                                             "of its node)")
+    resources.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default Pillow's "
+                                                          "limit)")
+    return p
+
+
+def parse_args(argv: list[str] | None, prog: str = "jobs/capfilt.py") -> argparse.Namespace:
+    args = build_parser(prog).parse_args(argv)
     if not args.demo and not (args.input and args.output):
-        p.error("--input and --output are required (or --demo)")
+        raise UsageError("--input and --output are required (or --demo)")
     defaults = DEMO_MODELS if args.demo else DEFAULT_MODELS
     args.captioner = args.captioner or defaults["captioner"]
     args.filter = args.filter or defaults["filter"]
@@ -72,26 +89,33 @@ def config_from(args: argparse.Namespace) -> CapFiltConfig:
                          max_pixels=args.max_pixels, overwrite=args.overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.demo:
-        from shapeworld.demo import build_demo_shards
-
-        workdir = Path(args.output or "demo-out")
-        shards = build_demo_shards(workdir / "shards", seed=args.seed)
-        args.input = " ".join(str(p) for p in shards)
-        args.output = str(workdir / "run")
-        args.overwrite = True
-        print(f"demo: {len(shards)} shards of shape-world scenes with web-like captions in {workdir / 'shards'}")
+def main(argv: list[str] | None = None, prog: str = "jobs/capfilt.py") -> int:
+    try:
+        args = parse_args(argv, prog)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     submitted = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))  # set by `ray job submit` for the entrypoint
-    if submitted and "://" not in args.output and not os.path.isabs(args.output):
+    if submitted and args.output and "://" not in args.output and not os.path.isabs(args.output):
         print("error: under `ray job submit` the working directory is a temporary copy that Ray deletes; "
               "give --output as an absolute path or a URL", file=sys.stderr)
         return 2
-    from pipelines.ray_runner import run_capfilt  # ray is imported only when a job really runs
-
     try:
-        run_capfilt(config_from(args))
+        if args.demo:
+            config_from(args).check(locations=False)  # settings and model names, before the shards are written
+            from shapeworld.demo import build_demo_shards
+
+            workdir = Path(args.output or "demo-out")
+            shards = build_demo_shards(workdir / "shards", seed=args.seed)
+            args.input = " ".join(str(p) for p in shards)
+            args.output = str(workdir / "run")
+            args.overwrite = True
+            print(f"demo: {len(shards)} shards of shape-world scenes with web-like captions in {workdir / 'shards'}")
+        config = config_from(args)
+        config.check()  # settings, model names, locations: a typo answers before torch or Ray is imported
+        from pipelines.ray_runner import run_capfilt  # ray and torch are imported only when a job really runs
+
+        run_capfilt(config)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -107,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main, interrupted=INTERRUPTED))

@@ -2,11 +2,14 @@ r"""Evaluation job: run a suite of benchmark tasks on the model actors, append t
 
     python jobs/evaluate.py --suite evaluation/suites/blip_seed_table.yaml --data-root /data/benchmarks \
         --output evals/ [--model captioner=NAME ...] [--limit N] [--compare [--tolerance 0.5]]
+    capfilt evaluate ...   (the same job, as a console script)
 
 `--suite` is a YAML file (or the name of one in evaluation/suites/). Results are appended to
-EVALDIR/results.parquet; the report is printed and saved as EVALDIR/report-<run id>.md and EVALDIR/latest.md.
-`--compare` compares with the previous run of the same suite and models and exits 3 when a metric dropped by more
-than the tolerance. Exit codes: 0 done, 2 a usage, suite, data or model problem (one `error:` line), 3 a regression.
+EVALDIR/results.parquet, all rows of a run at once (an interrupted run appends none); the report is printed and
+saved as EVALDIR/report-<run id>.md and EVALDIR/latest.md. A task that crashes is reported as failed with its
+reason, and the other tasks still run. `--compare` compares with the previous run of the same suite and models.
+Exit codes: 0 done; 2 a usage, suite, data or model problem, or a task that failed (one `error:` line); 3 a
+regression beyond the tolerance (--compare; a failed task takes precedence: 2); 130 interrupted.
 Runs on an embedded local Ray, or on the cluster named by RAY_ADDRESS (`ray job submit --working-dir . -- python
 jobs/evaluate.py ...`).
 """
@@ -17,45 +20,45 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/evaluate.py` from any directory
-
-from evaluation.compare import DEFAULT_TOLERANCE, compare_runs  # noqa: E402
-from evaluation.datasets import DatasetFormatError  # noqa: E402
-from evaluation.metrics import MetricUnavailableError  # noqa: E402
-from evaluation.suite import SUITE_DIR, SuiteError, load_suite, parse_model_overrides  # noqa: E402
-from models.device import DeviceError  # noqa: E402
-from models.images import ImageError  # noqa: E402
-from models.loading import ModelLoadError  # noqa: E402
-from schemas.evaluation import FIXTURES_DIR, HISTORY_FILE, LATEST_REPORT, REPORT_PATTERN  # noqa: E402
+from evaluation.compare import DEFAULT_TOLERANCE, compare_runs
+from evaluation.datasets import DatasetFormatError
+from evaluation.metrics import MetricUnavailableError
+from evaluation.suite import SUITE_DIR, SuiteError, load_suite, parse_model_overrides
+from jobs.cli import Parser, UsageError, entry
+from models.images import ImageError
+from models.names import DeviceError, ModelLoadError, check_device
+from schemas.evaluation import FIXTURES_DIR, HISTORY_FILE, LATEST_REPORT, REPORT_PATTERN
 
 USER_ERRORS = (SuiteError, DatasetFormatError, ModelLoadError, DeviceError, ImageError, MetricUnavailableError)
 EXIT_USAGE, EXIT_REGRESSION = 2, 3
+INTERRUPTED = "interrupted: nothing of this run was added to the history; run the same command again"
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other user mistake, instead of argparse's usage dump
-        raise UsageError(message)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="jobs/evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", required=True, help="suite YAML file, or the name of one in evaluation/suites/")
-    p.add_argument("--output", required=True, help="evaluation directory: results.parquet, reports, predictions")
-    p.add_argument("--model", action="append", metavar="ROLE=NAME",
-                   help="use model NAME (zoo name, hub repo id or directory) for a role of the suite; repeatable")
-    p.add_argument("--data-root", help="folder the suite's dataset paths are relative to (replaces its data_root)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N records of each task (a quick check)")
-    p.add_argument("--tasks", help="comma-separated task names: run only these")
-    p.add_argument("--compare", action="store_true", help="compare with the previous run; exit 3 on a regression")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help=f"points a metric may drop before --compare calls it a regression (default {DEFAULT_TOLERANCE})")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--model-threads", type=int, help="torch threads per CPU model actor (default: all cores)")
+def parse_args(argv: list[str] | None, prog: str = "jobs/evaluate.py") -> argparse.Namespace:
+    p = Parser(prog=prog, description=__doc__)
+    where = p.add_argument_group("suite and output")
+    where.add_argument("--suite", required=True, help="suite YAML file, or the name of one in evaluation/suites/")
+    where.add_argument("--output", required=True, help="evaluation directory: results.parquet, reports, predictions")
+    where.add_argument("--data-root", help="folder the suite's dataset paths are relative to (default: the "
+                                           "suite's data_root)")
+    models = p.add_argument_group("models")
+    models.add_argument("--model", action="append", metavar="ROLE=NAME",
+                        help="use model NAME (zoo name, hub repo id or directory) for a role of the suite; "
+                             "repeatable (default: the suite's models)")
+    selection = p.add_argument_group("what to run")
+    selection.add_argument("--tasks", help="comma-separated task names: run only these (default: every task)")
+    selection.add_argument("--limit", type=int, help="evaluate only the first N records of each task, a quick "
+                                                     "check (default: the whole split)")
+    comparison = p.add_argument_group("comparison")
+    comparison.add_argument("--compare", action="store_true",
+                            help="compare with the previous run; exit 3 on a regression")
+    comparison.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                            help="points a metric may drop before --compare calls it a regression")
+    resources = p.add_argument_group("resources")
+    resources.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    resources.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                           help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
+    resources.add_argument("--model-threads", type=int, help="torch threads per CPU model actor (default: all cores)")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -63,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise UsageError("--tolerance must be at least 0")
     if args.model_threads is not None and args.model_threads < 1:
         raise UsageError("--model-threads must be at least 1")
+    check_device(args.device, args.precision)
     submitted = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))  # set by `ray job submit` for the entrypoint
     if submitted and not os.path.isabs(args.output):
         raise UsageError("under `ray job submit` the working directory is a temporary copy that Ray deletes; "
@@ -104,18 +108,23 @@ def evaluate(args: argparse.Namespace, log=print) -> int:
     write_text(evaldir / LATEST_REPORT, report)
     log(render_report(result.run, result.rows, result.titles, comparison, full=False))
     log(f"evaluate: results appended to {evaldir / HISTORY_FILE}; report {evaldir / LATEST_REPORT}")
+    if result.failed:
+        failed = "; ".join(f"{task}: {reason}" for task, reason in result.failed.items())
+        print(f"error: {len(result.failed)} task(s) failed ({failed}); the others ran and are recorded",
+              file=sys.stderr)
+        return EXIT_USAGE
     if comparison is not None and comparison.regressions:
         return EXIT_REGRESSION
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "jobs/evaluate.py") -> int:
     try:
-        return evaluate(parse_args(argv))
+        return evaluate(parse_args(argv, prog))
     except (UsageError, *USER_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main, interrupted=INTERRUPTED))

@@ -15,58 +15,56 @@ on ImageNet; a pretrain with `--init` on its output starts from that encoder. Ru
 default; `--workers N` on a cluster, GPUs used when the cluster has them). OUTPUT receives the exported roles in
 Hugging Face layout (caption/, retrieval/ or vqa/: give them to jobs/capfilt.py or jobs/evaluate.py as model names;
 vision/ for classify) and train.json (recipe, data counts, loss history).
-Exit codes: 0 done, 2 a usage, data or model problem (one `error:` line).
+Exit codes: 0 done, 2 a usage, data or model problem (one `error:` line), 130 interrupted (nothing exported).
+`capfilt train ...` is the same command.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/train.py` from any directory
-
-from evaluation.datasets import DatasetFormatError  # noqa: E402
-from models.loading import ModelLoadError  # noqa: E402
-from pipelines.sources import LocationError  # noqa: E402
-from training.job import TrainJob  # noqa: E402
-from training.loop import TASK_OBJECTIVES  # noqa: E402
+from evaluation.datasets import DatasetFormatError
+from jobs.cli import Parser, UsageError, entry
+from models.names import ModelLoadError
+from pipelines.sources import LocationError
+from training.job import TASK_OBJECTIVES, TrainJob, check_inputs
 
 DEFAULT_EPOCHS = {"classify": 12, "pretrain": 4, "caption": 8, "filter": 8, "vqa": 8}
 DEFAULT_LR = {"classify": 2e-3, "pretrain": 5e-4, "caption": 2e-4, "filter": 2e-4, "vqa": 2e-4}
+INTERRUPTED = "interrupted: nothing was exported; run the same command again to train from the start"
 
 
-class UsageError(Exception):
-    pass
+def _per_task(table: dict) -> str:
+    return ", ".join(f"{task} {value:g}" for task, value in table.items())
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-def parse_args(argv):
-    p = _Parser(prog="jobs/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv, prog: str = "jobs/train.py"):
+    p = Parser(prog=prog, description=__doc__)
     p.add_argument("task", choices=sorted(TASK_OBJECTIVES), help="what to train")
-    p.add_argument("--output", required=True, help="folder for the exported model(s) and train.json")
-    p.add_argument("--shards", help="pretrain, classify: webdataset shards (path, glob, brace range or URL)")
-    p.add_argument("--annotations", help="caption / filter: COCO-Karpathy JSON; vqa: the annotations JSON")
-    p.add_argument("--questions", help="vqa: the questions JSON (VQAv2 format)")
-    p.add_argument("--images", help="the folder the annotation files' image paths are relative to")
-    p.add_argument("--init", help="a previous training job's output folder (required to fine-tune; pretrain: a "
-                                  "classify job's, for its vision encoder)")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0, help="initial weights (pretrain) and data order")
-    p.add_argument("--size", default="small", help="model shape for pretrain (models/tiny.py SIZES)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    p.add_argument("--false-negative-margin", type=float,
-                   help="ITM hard negatives: skip candidates whose ITC cosine similarity comes within this of the "
-                        "true pair's (default 0.15 for filter, 0 otherwise)")
-    p.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=TrainJob.tie_text,
-                   help="pretrain: share the text encoder's layers but self-attention with the decoder, as BLIP does "
-                        "(default: on)")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: the worker's CPUs)")
+    data = p.add_argument_group("data and output")
+    data.add_argument("--output", required=True, help="folder for the exported model(s) and train.json")
+    data.add_argument("--shards", help="pretrain, classify: webdataset shards (path, glob, brace range or URL)")
+    data.add_argument("--annotations", help="caption / filter: COCO-Karpathy JSON; vqa: the annotations JSON")
+    data.add_argument("--questions", help="vqa: the questions JSON (VQAv2 format)")
+    data.add_argument("--images", help="the folder the annotation files' image paths are relative to")
+    model = p.add_argument_group("model")
+    model.add_argument("--init", help="a previous training job's output folder (required to fine-tune; pretrain: a "
+                                      "classify job's, for its vision encoder; default: a fresh model from --seed)")
+    model.add_argument("--size", default="small", help="model shape for pretrain (models/tiny.py SIZES)")
+    model.add_argument("--tie-text", action=argparse.BooleanOptionalAction, default=TrainJob.tie_text,
+                       help="pretrain: share the text encoder's layers but self-attention with the decoder, as BLIP "
+                            "does")
+    recipe = p.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=float, help=f"default per task: {_per_task(DEFAULT_EPOCHS)}")
+    recipe.add_argument("--batch-size", type=int, default=64, help="samples per step")
+    recipe.add_argument("--lr", type=float, help=f"peak learning rate; default per task: {_per_task(DEFAULT_LR)}")
+    recipe.add_argument("--seed", type=int, default=0, help="initial weights (pretrain) and data order")
+    recipe.add_argument("--false-negative-margin", type=float,
+                        help="ITM hard negatives: skip candidates whose ITC cosine similarity comes within this of "
+                             "the true pair's (default 0.15 for filter, 0 otherwise)")
+    resources = p.add_argument_group("resources")
+    resources.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    resources.add_argument("--threads", type=int, help="torch threads per worker (default: the worker's CPUs)")
     return p.parse_args(argv)
 
 
@@ -83,9 +81,10 @@ def job_from_args(args) -> TrainJob:
                     false_negative_margin=args.false_negative_margin, tie_text=args.tie_text)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "jobs/train.py") -> int:
     try:
-        job = job_from_args(parse_args(argv))
+        job = job_from_args(parse_args(argv, prog))
+        check_inputs(job)  # files, shards and --init, before torch or Ray is imported
         from training.ray_train import fit  # ray is imported only once the arguments are known to be right
 
         record = fit(job)
@@ -100,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry(main, interrupted=INTERRUPTED))

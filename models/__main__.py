@@ -5,24 +5,26 @@ import argparse
 import json
 import sys
 
-from models.device import DeviceError
 from models.images import ImageError
-from models.loading import ModelLoadError, list_models, zoo_entry
+from models.names import DeviceError, ModelLoadError, list_models, zoo_entry
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m models") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="list the zoo's model names")
+    listing = sub.add_parser("list", help="list the zoo's model names",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     listing.add_argument("--task", help="only models of this task (caption, retrieval, vqa, ...)")
-    run = sub.add_parser("run", help="run one model on one image and print the result as JSON")
+    run = sub.add_parser("run", help="run one model on one image and print the result as JSON",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("model", help="zoo name, hub repo id or local directory")
     run.add_argument("image", help="path to an image file")
     run.add_argument("--question", help="question for a VQA model")
     run.add_argument("--candidates", nargs="+", help="rank these answers (VQA) instead of generating")
     run.add_argument("--text", nargs="+", help="text(s) to score with a retrieval model")
-    run.add_argument("--device", default="auto")
-    run.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    run.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="number format")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in list_models(args.task):

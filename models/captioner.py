@@ -10,14 +10,15 @@ from transformers import LogitsProcessorList
 from models.base import Role
 from models.patches import shared_image_rows
 from models.sampling import SeededNucleus, derive_seed, row_uniforms
+from models.sampling_config import DEFAULT, PROMPT
 
-PROMPT = "a picture of "  # BLIP's captioning prompt; stripped from every returned caption
+__all__ = ["PROMPT", "Captioner"]
 
 
 class Captioner(Role):
     task = "caption"
 
-    def _prompt_ids(self, prompt: str, rows: int) -> torch.Tensor:
+    def prompt_ids(self, prompt: str, rows: int) -> torch.Tensor:
         # [DEC] + prompt tokens, without the trailing [SEP]: BLIP's decoder input (transformers' generate would
         # drop the last column itself, so a hand-built prompt goes to the text decoder directly).
         ids = self.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"][:, :-1]
@@ -25,12 +26,12 @@ class Captioner(Role):
         return ids.to(self.device).expand(rows, -1).contiguous()
 
     @torch.inference_mode()
-    def _generate(self, image_embeds: torch.Tensor, prompt: str, rows: torch.Tensor | None = None, **kwargs) -> list[str]:
+    def generate(self, image_embeds: torch.Tensor, prompt: str, rows: torch.Tensor | None = None, **kwargs) -> list[str]:
         """Decode one caption per row; row r reads image_embeds[rows[r]] (default: one row per image).
 
         No encoder mask is passed: every image token is valid, and an all-ones mask changes nothing.
         """
-        input_ids = self._prompt_ids(prompt, image_embeds.shape[0] if rows is None else rows.shape[0])
+        input_ids = self.prompt_ids(prompt, image_embeds.shape[0] if rows is None else rows.shape[0])
         # Without rows (beam search) transformers expands the states per beam itself.
         sharing = (contextlib.nullcontext(image_embeds) if rows is None
                    else shared_image_rows(self.model, image_embeds, rows))
@@ -49,13 +50,14 @@ class Captioner(Role):
                 min_length: int = 5, repetition_penalty: float = 1.0) -> list[str]:
         """BLIP's evaluation protocol: beam search; lengths count [DEC] and the prompt, as in BLIP."""
         image_embeds = self.encode_images(images)
-        return self._generate(image_embeds, prompt, num_beams=num_beams, max_length=max_length,
+        return self.generate(image_embeds, prompt, num_beams=num_beams, max_length=max_length,
                               min_length=min_length, repetition_penalty=repetition_penalty, do_sample=False)
 
-    def sample(self, images, sample_ids: Sequence[str], seed: int = 0, num_captions: int = 1,
-               prompt: str = PROMPT, top_p: float = 0.9, top_k: int = 50, repetition_penalty: float = 1.1,
-               max_length: int = 30, min_length: int = 10) -> list[list[str]]:
-        """CapFilt's synthetic captions: `num_captions` nucleus samples per image.
+    def sample(self, images, sample_ids: Sequence[str], seed: int = DEFAULT.seed,
+               num_captions: int = DEFAULT.num_captions, prompt: str = DEFAULT.prompt, top_p: float = DEFAULT.top_p,
+               top_k: int = DEFAULT.top_k, repetition_penalty: float = DEFAULT.repetition_penalty,
+               max_length: int = DEFAULT.max_length, min_length: int = DEFAULT.min_length) -> list[list[str]]:
+        """CapFilt's synthetic captions: `num_captions` nucleus samples per image (defaults: models.sampling_config).
 
         Caption j of a sample depends only on (seed, sample id, j) and the model: not on the batch, its size or order.
         top_k=50 is transformers' sampling default, which BLIP's original sampling ran with.
@@ -66,10 +68,10 @@ class Captioner(Role):
             raise ValueError("num_captions must be at least 1")
         image_embeds = self.encode_images(images)  # once per image: the N rows share its states and keys/values
         rows = torch.arange(len(sample_ids), device=self.device).repeat_interleave(num_captions)
-        prompt_length = self._prompt_ids(prompt, 1).shape[1]
+        prompt_length = self.prompt_ids(prompt, 1).shape[1]
         seeds = [derive_seed(seed, sid, j) for sid in sample_ids for j in range(num_captions)]
         nucleus = SeededNucleus(row_uniforms(seeds, max_length), prompt_length, top_p=top_p, top_k=top_k)
-        texts = self._generate(image_embeds, prompt, rows=rows, do_sample=False, num_beams=1, max_length=max_length,
+        texts = self.generate(image_embeds, prompt, rows=rows, do_sample=False, num_beams=1, max_length=max_length,
                                min_length=min_length, repetition_penalty=repetition_penalty,
                                logits_processor=LogitsProcessorList([nucleus]))
         return [texts[i * num_captions:(i + 1) * num_captions] for i in range(len(sample_ids))]

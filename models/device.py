@@ -7,21 +7,19 @@ import warnings
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp32")
+from models.names import PRECISIONS, DeviceError, check_device  # torch-free: a command line checks them first
 
-
-class DeviceError(ValueError):
-    """A device or precision the user asked for cannot be used on this host."""
+__all__ = ["PRECISIONS", "DeviceError", "autocast", "cpu_bf16_kernels", "cpu_description", "cpu_has_fast_bf16",
+           "resolve_device", "resolve_precision"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` is the first CUDA device when there is one, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = device if isinstance(device, torch.device) else torch.device(device)
-    except RuntimeError as exc:
-        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if not isinstance(device, torch.device):
+        check_device(device)
+    resolved = device if isinstance(device, torch.device) else torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r} asked for, but this host has no CUDA device: use auto or cpu")
     return resolved
@@ -53,8 +51,7 @@ def cpu_description() -> str:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` is bf16 on CUDA and on CPUs with native bf16, fp32 otherwise."""
-    if precision not in PRECISIONS:
-        raise DeviceError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_device("auto", precision)
     if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         _warn_emulated_bf16()
     if precision != "auto":

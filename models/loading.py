@@ -1,24 +1,25 @@
-"""The model zoo and safe checkpoint loading: a name, hub id or directory in, a ready torch model out.
+"""Safe checkpoint loading: a name, hub id or directory in, a ready torch model out.
 
-Resolution happens in one place (`resolve`): a zoo name from zoo.json, an existing local directory in
-Hugging Face layout, or a Hugging Face repo id (`org/name`, optionally `@revision`). Weights load from
-safetensors only and no code from a checkpoint is ever executed.
+What a name points to is decided in one place, torch-free: `models.names.resolve` (re-exported here). Weights load
+from safetensors only and no code from a checkpoint is ever executed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 import transformers
 
 from models import tiny
+from models.names import ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, resolve, zoo_entry
 from models.patches import patch_blip
 
-ZOO_FILE = Path(__file__).with_name("zoo.json")
+__all__ = ["ARCHITECTURES", "ZOO_FILE", "Checkpoint", "ModelLoadError", "ModelSpec", "list_models", "load_checkpoint",
+           "resolve", "zoo_entry"]
+
 # The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares.
 ARCHITECTURES = {
     "BlipForConditionalGeneration": ("blip", "caption"),
@@ -31,21 +32,6 @@ ARCHITECTURES = {
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class ModelLoadError(ValueError):
-    """A model that cannot be had or must not be loaded; the message is one sentence for the user."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a model name points, before anything is loaded."""
-
-    name: str
-    family: str | None  # blip | blip2; None until a config is read
-    task: str | None  # caption | retrieval | vqa | nlvr | grounding; None until a config is read
-    kind: str  # tiny | hub | dir | unavailable
-    location: str  # tiny seed, repo id[@revision], directory, or the reason it is unavailable
 
 
 @dataclass
@@ -67,54 +53,9 @@ class Checkpoint:
                 "location": self.spec.location, "fingerprint": self.fingerprint}
 
 
-@lru_cache(maxsize=1)
-def _zoo() -> dict:
-    table = json.loads(ZOO_FILE.read_text(encoding="utf-8"))
-    return {name: entry for name, entry in table.items() if not name.startswith("_")}
-
-
-def zoo_entry(name: str) -> dict:
-    """The zoo.json entry of a zoo name (family, task, source, note)."""
-    return dict(_zoo()[name])
-
-
-def list_models(task: str | None = None) -> list[str]:
-    """Names in the zoo, optionally only those of one task."""
-    return sorted(name for name, entry in _zoo().items() if task is None or entry["task"] == task)
-
-
-def resolve(name: str) -> ModelSpec:
-    """Map a zoo name, local directory or hub repo id to a ModelSpec (no network, no weights read)."""
-    if not isinstance(name, str) or not name.strip():
-        raise ModelLoadError("a model name must be a non-empty string: a zoo name, a hub repo id or a directory")
-    entry = _zoo().get(name)
-    if entry is not None:
-        source = entry["source"]
-        if source is None:
-            return ModelSpec(name, entry["family"], entry["task"], "unavailable", entry["note"])
-        kind, _, location = source.partition(":")
-        if kind == "path":  # a checkpoint shipped in the repository, relative to models/
-            location = str((ZOO_FILE.parent / location).resolve())
-        kinds = {"hf": "hub", "tiny": "tiny", "base-random": "random", "path": "dir"}
-        return ModelSpec(name, entry["family"], entry["task"], kinds[kind], location)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return ModelSpec(name, None, None, "dir", str(path.resolve()))
-    repo = name.removeprefix("hf:")
-    if repo.count("/") == 1 and not repo.startswith(("/", ".", "~")) and not path.exists():
-        return ModelSpec(name, None, None, "hub", repo)
-    raise ModelLoadError(
-        f"unknown model {name!r}: not a zoo name (see `python -m models list`), an existing directory or a hub repo id"
-    )
-
-
 def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
     """Load `name` (zoo name, directory or hub id); `task`, when given, must match what the checkpoint is."""
-    spec = resolve(name)
-    if spec.kind == "unavailable":
-        raise ModelLoadError(f"{name!r} has no checkpoint in Hugging Face layout: {spec.location}")
-    if task is not None and spec.task is not None and spec.task != task:
-        raise ModelLoadError(f"{name!r} is a {spec.task} model, but a {task} model is needed here")
+    spec = check_model(name, task)
     if spec.kind in ("tiny", "random"):
         shape = "tiny" if spec.kind == "tiny" else "base"
         model, tokenizer = tiny.build_tiny(spec.task, seed=int(spec.location), size=shape)

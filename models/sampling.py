@@ -11,6 +11,8 @@ import hashlib
 
 import torch
 
+from models.sampling_config import DEFAULT
+
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from the job seed and the identity of what is being sampled (stable across processes)."""
@@ -31,7 +33,8 @@ def row_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
 class SeededNucleus:
     """A logits processor: top-k, then top-p, then an inverse-CDF draw with the row's own uniform."""
 
-    def __init__(self, uniforms: torch.Tensor, prompt_length: int, top_p: float = 0.9, top_k: int = 50):
+    def __init__(self, uniforms: torch.Tensor, prompt_length: int, top_p: float = DEFAULT.top_p,
+                 top_k: int = DEFAULT.top_k):
         self.uniforms = uniforms
         self.prompt_length = prompt_length
         self.top_p = top_p

@@ -18,7 +18,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("split", pa.string(), "the split evaluated"),
     ("metric", pa.string(), "metric name (BLEU-4, CIDEr, accuracy, i2t_r1, itc:i2t_r1, ...); null for a skipped task"),
     ("value", pa.float64(), "the metric in percent points (captioning x100, as the papers print it); null unless status = ok"),
-    ("status", pa.string(), "ok | unavailable (the metric cannot run here) | skipped (the task could not run)"),
+    ("status", pa.string(), "ok | unavailable (the metric cannot run here) | skipped (the task could not run) | "
+     "failed (the task raised while it ran)"),
     ("note", pa.string(), "why a metric is unavailable or a task skipped; else details of the measurement"),
     ("samples", pa.int64(), "images (caption, retrieval), questions (VQA) or examples scored"),
     ("limit", pa.int64(), "--limit of the run (the first N records of each task), null for the whole split"),

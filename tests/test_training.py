@@ -13,12 +13,11 @@ from models.captioner import Captioner
 from models.loading import load_checkpoint
 from models.matcher import Matcher
 from shapeworld.build import ensure_world
-from pipelines.demo_data import write_tar
+from pipelines.tars import write_tar
 from pipelines.reader import read_shard
 from safetensors.torch import load_file
 from training.data import load_captions, load_labelled, load_questions, load_shards, pixel_values
-from training.job import TrainJob, build_model, check_inputs, run_worker
-from training.loop import FALSE_NEGATIVE_MARGIN
+from training.job import FALSE_NEGATIVE_MARGIN, TrainJob, build_model, check_inputs, run_worker
 from training.model import BlipTrainee, VisionClassifier, world_config, world_tokenizer
 from training.objectives import _draw, losses, tokenize, tokenize_questions
 

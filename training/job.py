@@ -3,6 +3,9 @@
 A `TrainJob` says what to train (pretrain, or fine-tune a captioner, a filter or a VQA model), on which data,
 from which weights (a fresh seeded model, or the roles a previous job exported), and which roles to export.
 `run_worker` does the work of one worker; `training.ray_train.fit` runs it under Ray Train.
+
+A job and its inputs are checked torch-free (`TrainJob`, `check_inputs`), so `jobs/train.py` answers a typo before
+torch or Ray is imported; the functions that train import torch and the model code when they are called.
 """
 from __future__ import annotations
 
@@ -12,17 +15,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from evaluation.datasets import DatasetFormatError
 from evaluation.datasets.captions import read_coco_karpathy
 from evaluation.datasets.vqa import read_vqa
-from models.device import resolve_precision
-from models.tiny import SIZES
 from pipelines.sources import expand_shards
-from training import data as datasets
-from training.loop import FALSE_NEGATIVE_MARGIN, TASK_OBJECTIVES, Recipe, train
-from training.model import BlipTrainee, VisionClassifier, world_config, world_tokenizer
+
+# ITM's false-negative margin (cosine similarity), per task. The shape world's clean set holds 800 images of 288
+# contents: a batch of 64 often holds two images of the same content, whose captions ITC ranks just below the true
+# pair's. Drawn as negatives, they taught the filter to reject right captions (RESULTS.md). Pre-training keeps 0.
+FALSE_NEGATIVE_MARGIN = {"filter": 0.15}
+TASK_OBJECTIVES = {  # what each kind of training optimises
+    "classify": ("classify",),  # pre-train the vision encoder on labelled images (the ImageNet role)
+    "pretrain": ("itc", "itm", "lm"),
+    "caption": ("lm",),  # fine-tune a captioner
+    "filter": ("itc", "itm"),  # fine-tune a filter
+    "vqa": ("vqa",),
+}
 
 EXPORTS = {"classify": ("vision",), "pretrain": ("caption", "retrieval"), "caption": ("caption",),
            "filter": ("retrieval",), "vqa": ("vqa",)}
@@ -46,7 +54,7 @@ class TrainJob:
     workers: int = 1
     threads: int | None = None
     precision: str = "auto"  # models.device.resolve_precision: bf16 autocast on CUDA and on CPUs with native bf16
-    false_negative_margin: float | None = None  # None: training.loop.FALSE_NEGATIVE_MARGIN for the task
+    false_negative_margin: float | None = None  # None: FALSE_NEGATIVE_MARGIN for the task
     tie_text: bool = True  # pretrain from scratch: BLIP's encoder-decoder tie (training/model.py)
     recipe_overrides: dict = field(default_factory=dict)
 
@@ -81,7 +89,12 @@ class TrainJob:
         return dataclasses.replace(self, data=data, output=local(self.output),
                                    init=None if self.init is None else local(self.init))
 
-    def recipe(self, device: str = "cpu") -> Recipe:
+    def recipe(self, device: str = "cpu"):
+        import torch
+
+        from models.device import resolve_precision
+        from training.loop import Recipe
+
         bf16 = resolve_precision(self.precision, torch.device(device)) == "bf16"
         margin = self.false_negative_margin
         margin = FALSE_NEGATIVE_MARGIN.get(self.task, 0.0) if margin is None else margin
@@ -135,6 +148,8 @@ def check_inputs(job: TrainJob, trained_before: dict[str, str] | None = None) ->
 
 
 def load_data(job: TrainJob, image_size: int):
+    from training import data as datasets
+
     spec = job.data
     if job.task == "classify":
         return datasets.load_labelled(spec["shards"], image_size)
@@ -146,6 +161,8 @@ def load_data(job: TrainJob, image_size: int):
 
 
 def build_model(job: TrainJob, classes: dict[str, int] | None = None):
+    from training.model import BlipTrainee, VisionClassifier, world_config, world_tokenizer
+
     tokenizer = world_tokenizer()
     config = world_config(tokenizer, job.size)
     if job.task == "classify":
@@ -163,6 +180,11 @@ def run_worker(job: TrainJob, export_to, rank: int = 0, world_size: int = 1, log
     """Train as worker `rank` of `world_size`, export the job's roles to `export_to` (every rank: the workers hold
     the same weights, and a later job may start from them on each) and return a record of the run (recipe, data
     counts, loss history, seconds). `wrap` prepares the model for distributed training."""
+    import torch
+
+    from models.tiny import SIZES
+    from training.loop import train
+
     if job.threads:
         torch.set_num_threads(job.threads)
     started = time.time()

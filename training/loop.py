@@ -19,19 +19,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from training.data import LabelSet, PairSet, QuestionSet, pixel_values
 from training.objectives import OBJECTIVES, to_device, tokenize, tokenize_questions
 
-# ITM's false-negative margin (cosine similarity), per task. The shape world's clean set holds 800 images of 288
-# contents: a batch of 64 often holds two images of the same content, whose captions ITC ranks just below the true
-# pair's. Drawn as negatives, they taught the filter to reject right captions (RESULTS.md). Pre-training keeps 0.
-FALSE_NEGATIVE_MARGIN = {"filter": 0.15}
-TASK_OBJECTIVES = {  # what each kind of training optimises
-    "classify": ("classify",),  # pre-train the vision encoder on labelled images (the ImageNet role)
-    "pretrain": ("itc", "itm", "lm"),
-    "caption": ("lm",),  # fine-tune a captioner
-    "filter": ("itc", "itm"),  # fine-tune a filter
-    "vqa": ("vqa",),
-}
-
-
 ALONE = ("vqa", "classify")  # objectives on data of their own (questions, labelled images)
 
 

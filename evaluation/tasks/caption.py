@@ -1,6 +1,7 @@
 """Captioning (COCO, NoCaps, Flickr30k): beam-search captions on the captioner actors, COCO caption metrics."""
 from __future__ import annotations
 
+from evaluation.calls import Method
 from evaluation.datasets import DatasetFormatError
 from evaluation.metrics import caption_scores
 from evaluation.tasks.common import Outcome, chunks, image_batches
@@ -16,7 +17,7 @@ def run_caption(task, data, pool) -> Outcome:
             raise DatasetFormatError(task.dataset.files["annotations"], f"image {record.image_id} has no reference caption")
     settings = {key: protocol[key] for key in GENERATION}
     batches = image_batches(chunks([r.image for r in records], protocol["batch_size"]), pool.image_size)
-    captions = [c for out in pool.map("caption", ((None, (images, settings)) for images in batches)) for c in out]
+    captions = [c for out in pool.map(Method.CAPTION, ((None, (images, settings)) for images in batches)) for c in out]
     wanted = protocol["metrics"]
     # Keyed by position: CIDEr's document frequencies come from these references, one entry per image.
     scores = caption_scores(dict(enumerate(captions)), {i: list(r.references) for i, r in enumerate(records)},

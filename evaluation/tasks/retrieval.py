@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from evaluation.calls import Method
 from evaluation.datasets import retrieval_ground_truth
 from evaluation.metrics import rerank_scores, reranked_recalls
 from evaluation.tasks.common import Outcome, chunks, image_batches
@@ -19,16 +20,16 @@ def run_retrieval(task, data, pool) -> Outcome:
     texts, txt2img, _ = retrieval_ground_truth(records)
     if not texts:
         raise ValueError(f"task {task.name}: the images have no captions to retrieve")
-    pool.broadcast("clear_images")
+    pool.broadcast(Method.CLEAR_IMAGES)
     try:
         image_embeddings = _image_embeddings([r.image for r in records], pool, protocol["batch_size"])
         text_calls = ((None, (chunk,)) for chunk in chunks(texts, protocol["batch_size"]))
-        text_embeddings = np.concatenate(list(pool.map("text_embeddings", text_calls)))
+        text_embeddings = np.concatenate(list(pool.map(Method.TEXT_EMBEDDINGS, text_calls)))
         itc = image_embeddings @ text_embeddings.T
         itm_fn = _itm_lookup(itc, texts, pool, protocol)
         result = reranked_recalls(itc, itm_fn, txt2img, protocol["k"], ks=protocol["ks"])
     finally:
-        pool.broadcast("clear_images")
+        pool.broadcast(Method.CLEAR_IMAGES)
     metrics = dict(result["reranked"])
     metrics.update({f"itc:{name}": value for name, value in result["itc"].items()})
     note = f"{len(records)} images, {len(texts)} texts; ITM rerank of the ITC top {protocol['k']}"
@@ -46,7 +47,7 @@ def _image_embeddings(paths: list[str], pool, batch_size: int) -> np.ndarray:
     batches = image_batches([[paths[i] for i in chunk] for _, chunk in plan], pool.image_size)
     calls = ((actor, (chunk, images)) for (actor, chunk), images in zip(plan, batches))
     out = None
-    for (_, chunk), embeddings in zip(plan, pool.map("index_images", calls)):
+    for (_, chunk), embeddings in zip(plan, pool.map(Method.INDEX_IMAGES, calls)):
         if out is None:
             out = np.empty((len(paths), embeddings.shape[1]), dtype=np.float32)
         out[chunk] = embeddings
@@ -69,7 +70,7 @@ def _itm_lookup(itc: np.ndarray, texts: list[str], pool, protocol: dict):
                         for actor in range(pool.size)])
     calls = ((actor, (images[chunk].tolist(), [texts[t] for t in text_ids[chunk]])) for actor, chunk in plan)
     logits = np.empty(len(codes), dtype=np.float64)
-    for (_, chunk), scores in zip(plan, pool.map("itm_logits", calls)):
+    for (_, chunk), scores in zip(plan, pool.map(Method.ITM_LOGITS, calls)):
         logits[chunk] = scores
 
     def itm_fn(image_ids, text_indices):

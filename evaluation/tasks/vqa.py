@@ -1,6 +1,7 @@
 """VQA (VQAv2, OK-VQA, OCR-VQA): generated or ranked answers on the answerer actors, the official VQA accuracy."""
 from __future__ import annotations
 
+from evaluation.calls import Method
 from evaluation.datasets import DatasetFormatError
 from evaluation.metrics import vqa_accuracy
 from evaluation.tasks.common import Outcome, chunks, image_batches
@@ -20,13 +21,13 @@ def run_vqa(task, data, pool) -> Outcome:
     images = image_batches(chunks([r.image for r in records], batch), pool.image_size)
     questions = chunks([r.question for r in records], batch)
     if protocol["mode"] == "rank":
-        pool.broadcast("set_candidates", data.candidates)
+        pool.broadcast(Method.SET_CANDIDATES, data.candidates)
         calls = ((None, (imgs, qs, protocol["k"])) for imgs, qs in zip(images, questions))
-        method = "rank"
+        method = Method.RANK
     else:
         settings = {key: protocol[key] for key in GENERATION}
         calls = ((None, (imgs, qs, settings)) for imgs, qs in zip(images, questions))
-        method = "answer"
+        method = Method.ANSWER
     answers = [a for out in pool.map(method, calls) for a in out]
     types = {i: r.answer_type for i, r in enumerate(records)} if all(r.answer_type for r in records) else None
     result = vqa_accuracy(dict(enumerate(answers)), {i: r.answers for i, r in enumerate(records)}, types,
