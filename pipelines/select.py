@@ -8,22 +8,29 @@ import duckdb
 import pyarrow as pa
 
 from pipelines.writer import RunDir
-from schemas.capfilt import COLUMN_NAMES, PARQUET_SUFFIX, SHARD_DIR
+from schemas.capfilt import COLUMN_NAMES, MARKER_DIR, SHARD_DIR
 
 SOURCES = ("web", "synthetic", "both")
 KEEP_COLUMNS = ("shard", "key", "url", "source", "rank", "text", "itm", "itc")
 
 
-def open_run(run: str) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the view `samples` over every committed Parquet file of the run."""
+def committed_files(run: str) -> list[str]:
+    """The Parquet files of the run's committed shards (those with a done-marker), as locations DuckDB, pyarrow and
+    pandas open: exactly the run, where a glob over OUT/shards would also take a shard caught between its rename
+    and its marker by a crash."""
     out = RunDir(run)
-    pattern = out.path(SHARD_DIR, "*" + PARQUET_SUFFIX)
-    if not out.fs.glob(pattern):
-        raise ValueError(f"{run!r} holds no committed shards (no {SHARD_DIR}/*{PARQUET_SUFFIX})")
+    return [out.url_of(path) for path in out.committed_parquet()]
+
+
+def open_run(run: str) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the view `samples` over every committed shard of the run (its done-marker listed)."""
+    files = committed_files(run)
+    if not files:
+        raise ValueError(f"{run!r} holds no committed shards (no done-markers in {SHARD_DIR}/{MARKER_DIR}/)")
     con = duckdb.connect()
-    url = pattern if out.local else out.fs.unstrip_protocol(pattern)
-    # read_parquet in a view needs a literal; the glob is ours (built from the run directory), not user SQL.
-    con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet({_literal(url)})")
+    # read_parquet in a view needs literals; the paths are ours (listed from the run's markers), not user SQL.
+    listed = ", ".join(_literal(url) for url in files)
+    con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}])")
     con.execute("""
         CREATE VIEW captions AS
         SELECT shard, key, url, 'web' AS source, 0 AS rank, web_caption AS text, web_itm AS itm, web_itc AS itc

@@ -53,7 +53,7 @@ def allowed_roots() -> list[str]:
         if part and parts and parts[0].startswith("//") and "/" not in part:
             part = f"{part}:{parts.pop(0).strip()}"
         if part:
-            roots.append(_canonical(part))
+            roots.append(canonical(part))
     return roots
 
 
@@ -62,12 +62,12 @@ def check_within_roots(location: str) -> None:
     roots = allowed_roots()
     if not roots:
         return
-    where = _canonical(location)
+    where = canonical(location)
     if not any(where == root or where.startswith(root.rstrip("/") + "/") for root in roots):
         raise LocationError(f"{location!r} is outside the allowed roots ({ROOTS_VARIABLE}={os.environ[ROOTS_VARIABLE]!r})")
 
 
-def _canonical(location: str) -> str:
+def canonical(location: str) -> str:
     """A local path made absolute with `..` and symbolic links resolved; a URL with its path's `..` resolved."""
     if "://" in location and not location.lower().startswith(("file://", "local://")):
         protocol, path = location.split("://", 1)

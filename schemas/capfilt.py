@@ -44,11 +44,38 @@ def sample_schema(embedding_dim: int) -> pa.Schema:
     return pa.schema(fields, metadata={"capfilt_schema_version": SCHEMA_VERSION})
 
 
-# Layout of a run directory.
+# Layout of a run directory. The done-marker is the only commit point: a shard is in the run when its marker exists,
+# and every reader of a run (pipelines/select.py, export, shapeworld/evidence.py) lists its files from the markers.
+# The markers sit in a folder whose name starts with "_", and the writer's temporary names start with ".", so the
+# usual Parquet readers of OUT/shards (pyarrow.dataset, pandas.read_parquet, DuckDB's *.parquet glob) skip both.
 RUN_FILE = "run.json"  # the full configuration; a re-run must match it
-SHARD_DIR = "shards"  # {shard}.parquet, then {shard}.done.json (the done-marker, written last)
+SHARD_DIR = "shards"  # shards/{shard}.parquet, then shards/_done/{shard}.json (the done-marker, written last)
 PARQUET_SUFFIX = ".parquet"
-MARKER_SUFFIX = ".done.json"
+MARKER_DIR = "_done"  # inside SHARD_DIR
+MARKER_SUFFIX = ".json"
+LEGACY_MARKER_SUFFIX = ".done.json"  # runs written before issue 24: shards/{shard}.done.json, still read as markers
+HIDDEN_PREFIXES = ("_", ".")  # names pyarrow.dataset (so pandas) ignores; a Parquet name never starts with one
+HIDDEN_PARQUET_PREFIX = "@"  # outside the shard-id alphabet: "_x" is written as @_x.parquet, never a collision
+
+# An export folder (pipelines/export.py): {shard}.tar, then {shard}_stats.json, and the manifest, written last,
+# that lists every file of the export; export replaces a folder only when the manifest says capfilt wrote it.
+EXPORT_MANIFEST = "export.json"
+EXPORT_FORMAT = "capfilt-export/1"
+
+# The done-marker's "fingerprint" (pipelines/fingerprint.py): what the run read of its input shard, checked before
+# export reads the shard again and when a re-run resumes.
+FINGERPRINT_FIELD = "fingerprint"
+
+
+def parquet_name(shard_id: str) -> str:
+    """The file name of a shard's Parquet inside SHARD_DIR."""
+    prefix = HIDDEN_PARQUET_PREFIX if shard_id.startswith(HIDDEN_PREFIXES) else ""
+    return prefix + shard_id + PARQUET_SUFFIX
+
+
+def marker_name(shard_id: str) -> str:
+    """The done-marker's path inside SHARD_DIR."""
+    return f"{MARKER_DIR}/{shard_id}{MARKER_SUFFIX}"
 
 # The done-marker's "retries" counts (the run summary has the same, over the run): work redone after a failure,
 # which costs time but leaves no trace in the rows. Zero in a run where nothing failed.

@@ -10,18 +10,16 @@ Read with DuckDB straight from the run's Parquet, as a curator would.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import duckdb
 import numpy as np
 
-from schemas.capfilt import SHARD_DIR
+from pipelines.select import committed_files
 from shapeworld.captions import parse
 
 
 def connect(run, truth) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.read_parquet(str(Path(run) / SHARD_DIR / "*.parquet")).create_view("samples")
+    con.read_parquet(committed_files(str(run))).create_view("samples")  # the committed shards, as the markers say
     con.read_parquet(str(truth)).create_view("truth")
     return con
 

@@ -12,7 +12,7 @@ import pytest
 from jobs.curate import main as curate
 from pipelines.assemble import shard_stats, shard_table
 from pipelines.decode import new_row
-from pipelines.demo_data import sample_members, write_tar
+from pipelines.tars import sample_members, write_tar
 from pipelines.export import export_dataset
 from pipelines.reader import read_shard
 from pipelines.select import keep_list, open_run

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.demo_data import jpeg_bytes, photo
+from tests.corpus import jpeg_bytes, photo
 
 # ---------------------------------------------------------------------------------------------------- helpers
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_capfilt_reads_a_real_img2dataset_download(http_server, tmp_path):
     job = subprocess.run([sys.executable, str(JOB), "--input", str(shards), "--output", str(out)], cwd=REPO,
                          env=clean_env(), capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stderr[-3000:]
-    assert (out / "run.json").exists() and (out / "shards" / "00000.done.json").exists()
+    assert (out / "run.json").exists() and (out / "shards" / "_done" / "00000.json").exists()
 
     con = duckdb.connect()
     result = con.execute("SELECT * FROM read_parquet(?)", [str(out / "shards" / "*.parquet")])

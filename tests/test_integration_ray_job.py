@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.demo_data import build_demo_shards
+from tests.corpus import build_demo_shards
 from tests.processes import descendants, kill_started
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -117,7 +117,7 @@ def capfilt_submit(url: str, inputs: Path, out: Path) -> list[str]:
 def check_output(out: Path) -> None:
     """The run of build_demo_shards(shards=SHARDS, per_shard=PER_SHARD) in `out`: one row per input sample."""
     assert (out / "run.json").exists()
-    assert sorted(p.name for p in (out / "shards").glob("*.done.json")) == ["00000.done.json", "00001.done.json"]
+    assert sorted(p.name for p in (out / "shards" / "_done").glob("*.json")) == ["00000.json", "00001.json"]
     con = duckdb.connect()
     rows = con.execute("SELECT shard, key, status, error_type, len(synthetic) FROM read_parquet(?) ORDER BY ALL",
                        [str(out / "shards" / "*.parquet")]).fetchall()

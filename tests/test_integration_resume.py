@@ -15,8 +15,11 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.demo_data import build_demo_shards
+from tests.corpus import build_demo_shards
+from pipelines.export import export_dataset
+from pipelines.select import keep_list, open_run, summary
 from tests.processes import descendants, kill_started
+from tests.runs import to_legacy_layout
 
 # ---------------------------------------------------------------------------------------------------- helpers
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +112,7 @@ def assert_same_table(got: list[dict], want: list[dict]) -> None:
 def assert_complete(out: Path, rows: list[dict]) -> None:
     """Every shard committed, one row per input sample, each (shard, key) exactly once."""
     ids = [f"{s:05d}" for s in range(SHARDS)]
-    assert sorted(p.name for p in (out / "shards").glob("*.done.json")) == [f"{i}.done.json" for i in ids]
+    assert sorted(p.name for p in (out / "shards" / "_done").glob("*.json")) == [f"{i}.json" for i in ids]
     assert visible_files(out) == {f"{i}.parquet" for i in ids}
     assert len(rows) == SHARDS * PER_SHARD
     assert len({(r["shard"], r["key"]) for r in rows}) == len(rows)
@@ -142,13 +145,13 @@ def test_killed_run_resumes_without_rewrites_loss_or_duplicates(inputs, clean_ru
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + JOB_TIMEOUT
-            while not list((out / "shards").glob("*.done.json")):
+            while not list((out / "shards" / "_done").glob("*.json")):
                 assert proc.poll() is None, "the job ended before its first shard was committed"
                 assert time.monotonic() < deadline, "no shard committed in time"
                 time.sleep(0.02)
         finally:
             kill_tree(proc)
-    killed_markers = sorted(p.name for p in (out / "shards").glob("*.done.json"))
+    killed_markers = sorted(p.name for p in (out / "shards" / "_done").glob("*.json"))
     assert 1 <= len(killed_markers) < SHARDS, f"the kill did not land mid-run: {killed_markers}"
 
     # After the crash, everything a reader sees is complete Parquet (no partial file behind the glob).
@@ -156,8 +159,8 @@ def test_killed_run_resumes_without_rewrites_loss_or_duplicates(inputs, clean_ru
         assert pq.read_table(out / "shards" / name).num_rows == PER_SHARD
     committed = {}
     for marker in killed_markers:
-        shard = marker[: -len(".done.json")]
-        for name in (f"{shard}.parquet", marker):
+        shard = marker[: -len(".json")]
+        for name in (f"{shard}.parquet", f"_done/{marker}"):
             path = out / "shards" / name
             committed[name] = (path.stat().st_mtime_ns, path.read_bytes())
 
@@ -212,3 +215,52 @@ def test_other_seed_is_refused_then_overwrites(inputs, clean_run, tmp_path):
     assert changed == len(ok), f"only {changed}/{len(ok)} synthetic captions changed with the seed"
     # the web caption's scores do not depend on the seed
     assert all(close(r["web_itm"], w["web_itm"]) and close(r["web_itc"], w["web_itc"]) for r, w in ok)
+
+
+def test_parquet_without_its_marker_is_redone_by_the_rerun(inputs, clean_run, tmp_path):
+    """The crash window between a shard's rename and its marker (issue 24): the Parquet file is there, the marker is
+    not. The shard is outside the run for summary and export, and the same command redoes it, once."""
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out)
+    (out / "shards" / "_done" / "00003.json").unlink()
+    counts = summary(open_run(str(out)))
+    assert (counts["shards"], counts["samples"]) == (SHARDS - 1, (SHARDS - 1) * PER_SHARD)
+    assert "00003" not in {r["shard"] for r in keep_list(open_run(str(out)), 0.0).to_pylist()}
+    before = snapshot(out)
+
+    result = run_job(inputs, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{SHARDS} shards ({SHARDS - 1} already done)" in result.stdout
+    after = snapshot(out)
+    redone = {"shards/00003.parquet", "shards/_done/00003.json"}
+    assert {name for name in after if after[name] != before.get(name)} == redone
+    rows = read_rows(out)
+    assert_complete(out, rows)
+    assert_same_table(rows, read_rows(clean_run))
+
+
+def test_old_layout_run_resumes_and_exports(inputs, clean_run, tmp_path):
+    """A run written before issue 24 (markers at shards/{shard}.done.json) and left unfinished: the same command
+    resumes it, skipping its committed shards and writing the new marker for the rest; it reads and exports as a
+    run of the new layout does."""
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out)
+    to_legacy_layout(out)
+    for name in ("00005.done.json", "00005.parquet"):  # not committed when the old run stopped
+        (out / "shards" / name).unlink()
+    before = snapshot(out)
+
+    result = run_job(inputs, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{SHARDS} shards ({SHARDS - 1} already done)" in result.stdout
+    after = snapshot(out)
+    assert all(after[name] == before[name] for name in before), "a committed shard of the old run was rewritten"
+    assert sorted(set(after) - set(before)) == ["shards/00005.parquet", "shards/_done/00005.json"]
+    assert summary(open_run(str(out))) == summary(open_run(str(clean_run)))
+    assert_same_table(read_rows(out), read_rows(clean_run))
+    old = export_dataset(str(out), str(tmp_path / "old"), threshold=0.0, log=lambda line: None)
+    new = export_dataset(str(clean_run), str(tmp_path / "new"), threshold=0.0, log=lambda line: None)
+    assert {**old, "run": None} == {**new, "run": None}
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == sorted(p.name for p in (tmp_path / "new").iterdir())
+    for tar in (tmp_path / "new").glob("*.tar"):
+        assert (tmp_path / "old" / tar.name).read_bytes() == tar.read_bytes()

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from models.images import DEFAULT_MAX_PIXELS
-from pipelines.demo_data import build_demo_shards, sample_members, write_tar
+from tests.corpus import build_demo_shards, sample_members, write_tar
 from tests.hostile import encode, image_bytes, pickle_payload, png_header_only
 
 ray = pytest.importorskip("ray")
@@ -231,7 +231,7 @@ def test_adversarial_corpus(cluster, corpus, tmp_path):
     assert by_key[("structure", "no-image")]["url"] == "https://x/3"  # metadata kept on error rows
     assert str(DEFAULT_MAX_PIXELS) in by_key[("images", "bomb-1_1x")]["error_message"]
 
-    markers = {p.name[: -len(".done.json")]: json.loads(p.read_text()) for p in (out / "shards").glob("*.done.json")}
+    markers = {p.stem: json.loads(p.read_text()) for p in (out / "shards" / "_done").glob("*.json")}
     assert set(markers) == {"images", "unusual", "structure", "cut", "zero-byte", "empty", "not-a-tar"}
     assert {name for name, m in markers.items() if m["partial"]} == {"cut", "zero-byte", "not-a-tar"}
     assert markers["cut"]["samples"] == 4 and markers["cut"]["ok"] == 3
