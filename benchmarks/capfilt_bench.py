@@ -20,22 +20,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import psutil
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from models.images import decode_image, resize  # noqa: E402
-from pipelines.assemble import shard_table  # noqa: E402
-from pipelines.batches import shard_batches  # noqa: E402
-from pipelines.config import CapFiltConfig  # noqa: E402
-from pipelines.demo_data import PHOTOS, jpeg_bytes, photo, sample_members, write_tar  # noqa: E402
-from pipelines.stage import CapFiltStage, Sampling  # noqa: E402
-from pipelines.writer import RunDir  # noqa: E402
+from models.images import decode_image, resize
+from models.sampling_config import Sampling
+from pipelines.batches import shard_batches
+from pipelines.config import CapFiltConfig
+from pipelines.decode import DecodedBatch
+from evaluation.fixtures import PHOTOS, photo
+from pipelines.tars import jpeg_bytes, sample_members, write_tar
+from pipelines.local_runner import run_local
+from pipelines.stage import CapFiltStage, Kernels
 
 NEW_TOKENS = 20
 
@@ -80,7 +79,7 @@ def make_shards(directory: Path, shards: int, per_shard: int) -> list[Path]:
 
 
 def prompt_length(stage: CapFiltStage) -> int:
-    return stage.captioner._prompt_ids("a picture of ", 1).shape[1]
+    return stage.captioner.prompt_ids("a picture of ", 1).shape[1]
 
 
 def sampling(prompt_len: int, num_captions: int) -> Sampling:
@@ -162,13 +161,13 @@ def _group(proc: psutil.Process, me: psutil.Process) -> str:
         return "other Ray processes"
 
 
-def flops_per_image(stage: CapFiltStage, batch: dict) -> float:
+def flops_per_image(stage: CapFiltStage, batch: DecodedBatch) -> float:
     with FlopCounterMode(display=False) as counter:
         stage(batch)
-    return counter.get_total_flops() / len(batch["ok"])
+    return counter.get_total_flops() / len(batch.ok)
 
 
-def stage_seconds(stage: CapFiltStage, batch: dict, repeats: int = 3, warm: bool = True) -> float:
+def stage_seconds(stage: CapFiltStage, batch: DecodedBatch, repeats: int = 3, warm: bool = True) -> float:
     """Median seconds per image of the stage over one batch (after one warm-up call when `warm`)."""
     if warm:
         stage(batch)
@@ -176,7 +175,7 @@ def stage_seconds(stage: CapFiltStage, batch: dict, repeats: int = 3, warm: bool
     for _ in range(repeats):
         start = time.perf_counter()
         stage(batch)
-        times.append((time.perf_counter() - start) / len(batch["ok"]))
+        times.append((time.perf_counter() - start) / len(batch.ok))
     return statistics.median(times)
 
 
@@ -187,13 +186,13 @@ def naive_seconds_per_image(captioner: str, filter_name: str, images: list[np.nd
 
     cap = Captioner.load(captioner, precision="fp32")
     itm = Matcher.load(filter_name, precision="fp32")
-    prompt = cap.tokenizer("a picture of ", return_tensors="pt")["input_ids"]
+    prompt = cap.tokenizer(Sampling().prompt, return_tensors="pt")["input_ids"]
     start = time.perf_counter()
     with torch.inference_mode():
         for array, web in zip(images, captions):
             pixels = cap.pixel_values(array[None])
-            out = cap.model.generate(pixel_values=pixels, input_ids=prompt.clone(), do_sample=True, top_p=0.9,
-                                     repetition_penalty=1.1, max_length=prompt_len + NEW_TOKENS,
+            out = cap.model.generate(pixel_values=pixels, input_ids=prompt.clone(), do_sample=True, top_p=Sampling().top_p,
+                                     repetition_penalty=Sampling().repetition_penalty, max_length=prompt_len + NEW_TOKENS,
                                      min_length=prompt_len + NEW_TOKENS)
             synthetic = cap.tokenizer.decode(out[0], skip_special_tokens=True)
             for text in (web, synthetic):
@@ -204,15 +203,14 @@ def naive_seconds_per_image(captioner: str, filter_name: str, images: list[np.nd
 
 
 def inprocess_seconds(stage: CapFiltStage, shards: list[Path], out: str, batch_size: int) -> float:
-    """The job's work (read, decode, caption, filter, commit) in one process, no Ray: the overhead reference."""
-    run = RunDir(out)
-    start = time.perf_counter()
-    for path in shards:
-        rows = []
-        for batch in shard_batches(path.stem, str(path), stage.image_sizes, batch_size):
-            rows += [row for _, row in sorted(stage(batch), key=lambda item: item[0])]
-        run.commit_shard(path.stem, shard_table(rows, stage.embedding_dim), {"samples": len(rows)})
-    return time.perf_counter() - start
+    """The job's work (read, decode, caption, filter, commit) in one process, no Ray (`run_local`, the same reader,
+    stage, ledger and writer): the overhead reference."""
+    config = CapFiltConfig(input=" ".join(map(str, shards)), output=out, captioner=stage.captioner.checkpoint.spec.name,
+                           filter=stage.filter.checkpoint.spec.name, sampling=stage.sampling, batch_size=batch_size,
+                           overwrite=True)
+    clock = {}
+    run_local(config, log=None, stage=stage, on_event=lambda e: clock.setdefault(e["event"], time.perf_counter()))
+    return clock["summary"] - clock["start"]
 
 
 def job_run(shards: list[Path], out: str, captioner: str, filter_name: str, sample: Sampling, batch_size: int,
@@ -222,15 +220,15 @@ def job_run(shards: list[Path], out: str, captioner: str, filter_name: str, samp
     config = CapFiltConfig(input=" ".join(map(str, shards)), output=out, captioner=captioner, filter=filter_name,
                            sampling=sample, batch_size=batch_size, model_threads=threads, overwrite=True)
     with PeakMemory() as memory:
-        # the CPU seconds over the job's own clock: from its first line (the models loaded, the clock starts) to
-        # its summary line (the clock stops), as pipelines/ray_runner.py logs them
-        def clock(line: str) -> None:
-            if line.startswith("capfilt: "):
+        # the CPU seconds over the job's own clock: from its start event (the models loaded, the clock starts) to
+        # its summary event (the clock stops)
+        def clock(event: dict) -> None:
+            if event["event"] == "start":
                 memory.count_cpu_from_now()
-            elif line.startswith("capfilt done: "):
+            elif event["event"] == "summary":
                 memory.stop_counting_cpu()
 
-        summary = run_capfilt(config, log=clock)
+        summary = run_capfilt(config, log=None, on_event=clock)
     return {"seconds": summary["seconds"], "samples": summary["samples"], "peak_gb": memory.peak / 2**30,
             "cpu": memory.cpu_split()}
 
@@ -344,8 +342,7 @@ def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list
             results[n]["stage_s"] = statistics.median(times[n])
         plain_s = fused_s = None
         if stage.captioner.precision == "bf16" and stage.captioner.device.type == "cpu":
-            with mock.patch("models.base.pack_linear_weights", lambda model: 0):
-                plain = CapFiltStage(captioner, filter_name, precision="auto")
+            plain = CapFiltStage(captioner, filter_name, precision="auto", kernels=Kernels(packed_weights=False))
             plain.sampling = stage.sampling = sampling(prompt_len, 1)
             # alternated with the packed stage, so both see the same machine
             plain(first)  # warm
@@ -355,10 +352,14 @@ def full_rows(args, captioner: str, filter_name: str, counts: list[int]) -> list
             del plain
             # the ViT's attention through torch's fused kernel instead of image by image, alternated the same way
             fused_pairs = []
+            fused_stage = CapFiltStage(captioner, filter_name, precision="auto",
+                                       kernels=Kernels(vision_per_image=False))
+            fused_stage.sampling = stage.sampling
+            fused_stage(first)  # warm
             for _ in range(3):
-                with mock.patch("models.patches.CPU_BF16_PER_IMAGE", False):
-                    fused = stage_seconds(stage, first, 1, warm=False)
+                fused = stage_seconds(fused_stage, first, 1, warm=False)
                 fused_pairs.append((fused, stage_seconds(stage, first, 1, warm=False)))
+            del fused_stage
             fused_s = statistics.median(a for a, _ in fused_pairs)
             results[1]["stage_s"] = statistics.median([results[1]["stage_s"]] + [b for _, b in pairs + fused_pairs])
         images = [resize(decode_image(jpeg_bytes(photo(name))), stage.captioner.image_size)

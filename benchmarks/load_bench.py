@@ -17,13 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import duckdb
+import psutil
 
-import duckdb  # noqa: E402
-import psutil  # noqa: E402
-
-from benchmarks.capfilt_bench import PeakMemory, make_shards  # noqa: E402
-from pipelines.config import CapFiltConfig  # noqa: E402
+try:
+    from capfilt_bench import PeakMemory, make_shards  # run as a script: its own folder is on sys.path
+except ModuleNotFoundError:
+    from benchmarks.capfilt_bench import PeakMemory, make_shards  # imported as benchmarks.load_bench (the load test)
+from pipelines.config import CapFiltConfig
 
 
 def run_size(directory: Path, samples: int, per_shard: int, batch_size: int) -> dict:

@@ -19,16 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import capfilt_bench as bench  # noqa: E402
-import models.patches  # noqa: E402
-from pipelines.batches import shard_batches  # noqa: E402
-from pipelines.stage import CapFiltStage  # noqa: E402
+import capfilt_bench as bench
+import models.patches
+from pipelines.batches import shard_batches
+from pipelines.stage import CapFiltStage
 
 
 class Parts:
@@ -81,8 +78,8 @@ def instrument(stage: CapFiltStage) -> Parts:
         for layer in vision.encoder.layers:
             for linear in (layer.self_attn.qkv, layer.self_attn.projection, layer.mlp.fc1, layer.mlp.fc2):
                 parts.wrap(f"  {name} ViT: its linear layers", linear, "forward")
-    parts.wrap("  both ViTs: attention core (q k^T, softmax, p v)", models.patches, "_eager_per_image")
-    parts.wrap("captioner: decoding (20 tokens)", stage.captioner, "_generate")
+    parts.wrap("  both ViTs: attention core (q k^T, softmax, p v)", models.patches, "attention_per_image")
+    parts.wrap("captioner: decoding (20 tokens)", stage.captioner, "generate")
     parts.wrap("filter: ITM (image-grounded text encoder)", stage.filter, "itm")
     parts.wrap("filter: ITC text encoder", stage.filter, "text_embeddings")
     return parts

@@ -6,15 +6,15 @@ so an actor never waits while the driver decodes the next batch, and yields resu
 """
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import ray
 
+from evaluation.calls import Method
 from evaluation.serving import ModelHost
-from models.loading import ModelLoadError
+from pipelines.actor_pool import ActorPool
 from pipelines.ray_runner import connect
 
 IN_FLIGHT = 2  # calls queued per actor: one running, one ready
@@ -36,10 +36,11 @@ class RolePool:
     def image_size(self) -> int:
         return int(self.info["image_size"])
 
-    def map(self, method: str, calls: Iterable[tuple[int | None, tuple]]) -> Iterator:
+    def map(self, method: Method, calls: Iterable[tuple[int | None, tuple]]) -> Iterator:
         """Results of `method(*args)` for each `(actor, args)` call, in order. `actor` is None for any actor (round
         robin), or an index when the call must reach one actor (retrieval keeps each image's vision states on the
-        actor that encoded it)."""
+        actor that encoded it). An unknown method is a ValueError here, on the driver."""
+        method = Method(method)
         pending: deque = deque()
         for number, (actor, args) in enumerate(calls):
             target = self.actors[number % len(self.actors) if actor is None else actor]
@@ -49,7 +50,8 @@ class RolePool:
         while pending:
             yield ray.get(pending.popleft())
 
-    def broadcast(self, method: str, *args) -> list:
+    def broadcast(self, method: Method, *args) -> list:
+        method = Method(method)
         return ray.get([actor.call.remote(self.role, method, *args) for actor in self.actors])
 
 
@@ -60,24 +62,18 @@ def start_pools(models: dict[str, tuple[str, str]], device: str = "auto", precis
     A model that cannot be loaded stops the actors and raises ModelLoadError with the model's own reason.
     """
     connect()
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-    options = dict(max_restarts=0, max_concurrency=1, num_cpus=min(1.0, cpus))
-    if gpus:
-        options["num_gpus"] = 1
-    threads = threads or (None if gpus else os.cpu_count())
-    host = ray.remote(ModelHost)
-    actors = [host.options(**options).remote(models, device, precision, threads) for _ in range(max(gpus, 1))]
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    # No restarts, unlike CapFilt's actors: an evaluation call is not retried, so a crash fails its task.
+    options = dict(max_restarts=0, max_concurrency=1, num_cpus=min(1.0, float(ray.cluster_resources()["CPU"])),
+                   num_gpus=1 if gpus else 0)
+    pool = ActorPool(ModelHost, (models, device, precision, threads), max(gpus, 1), options)
     try:
-        infos = ray.get([actor.info.remote() for actor in actors])
-        for role in models:
-            failed = next((info[role]["error"] for info in infos if info[role].get("error")), None)
-            if failed:
-                raise ModelLoadError(f"role {role!r}: {failed}")
+        infos = pool.check_loaded(failure=lambda info: "; ".join(
+            f"role {role!r}: {role_info['error']}" for role, role_info in info.items() if role_info.get("error")))
     except BaseException:
-        stop_actors(actors)
+        pool.kill()
         raise
-    return {role: RolePool(role, actors, infos[0][role]) for role in models}
+    return {role: RolePool(role, pool.actors, infos[0][role]) for role in models}
 
 
 def stop_actors(actors: list) -> None:

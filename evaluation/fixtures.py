@@ -90,9 +90,25 @@ REFCOCO = {  # photo -> [(split, sentences, box x y w h in the original photo's 
 }
 
 
+# Photographs with a correct caption and an unrelated one a web page might carry: the test corpora and the
+# benchmarks' shards (tests/corpus.py, benchmarks/capfilt_bench.py).
+PHOTOS = [
+    ("astronaut", "an astronaut in a white suit in front of a flag", "cheap flights book now"),
+    ("coffee", "a cup of coffee on a saucer", "IMG_2041.JPG"),
+    ("chelsea", "a tabby cat looking to the side", "best deals on car insurance"),
+    ("rocket", "a rocket on a launch pad", "click here"),
+    ("coins", "old coins laid out in rows", "a bowl of soup"),
+    ("camera", "a man with a camera on a tripod", "DSC0001"),
+    ("horse", "the silhouette of a horse", "a red sports car"),
+    ("page", "a page of printed text", "sunset over the sea"),
+]
+
+
 def photo(name: str) -> np.ndarray:
+    """A scikit-image photograph as uint8: the left view of a stereo pair, black-and-white ones as 0 / 255."""
     image = getattr(skimage.data, name)()
-    return image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
+    image = image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
+    return image.astype(np.uint8) * 255 if image.dtype == bool else image
 
 
 def _save(name: str, path: Path) -> float:

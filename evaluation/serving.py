@@ -7,19 +7,17 @@ batches at the role's input size.
 """
 from __future__ import annotations
 
+import os
+
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from models.answerer import Answerer
-from models.captioner import Captioner
+from evaluation.calls import Method
 from models.device import DeviceError
+from models.inference import ROLES
 from models.loading import ModelLoadError
-from models.matcher import Matcher
-
-ROLE_CLASSES = {"caption": Captioner, "retrieval": Matcher, "vqa": Answerer}
-MODEL_TASK = {"caption": "caption", "retrieval": "retrieval", "vqa": "vqa", "nlvr": "nlvr", "grounding": "grounding"}
 
 
 class RoleServer:
@@ -27,14 +25,15 @@ class RoleServer:
 
     def __init__(self, name: str, task: str, device: str = "auto", precision: str = "auto",
                  threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)
+        if threads or not str(device).startswith("cuda"):
+            # every core of this node by default: Ray sets a CPU actor's torch threads to its CPU share
+            torch.set_num_threads(threads or os.cpu_count())
         self.error = None
         self.role = None
         self.image_states: dict[int, torch.Tensor] = {}  # retrieval: vision states by image index, for the ITM rerank
         self.candidates: list[str] | None = None
         try:
-            self.role = ROLE_CLASSES[task].load(name, device=device, precision=precision)
+            self.role = ROLES[task].load(name, device=device, precision=precision)
         except (ModelLoadError, DeviceError) as exc:
             self.error = str(exc)
 
@@ -97,5 +96,5 @@ class ModelHost:
     def info(self) -> dict[str, dict]:
         return {role: server.info() for role, server in self.servers.items()}
 
-    def call(self, role: str, method: str, *args):
-        return getattr(self.servers[role], method)(*args)
+    def call(self, role: str, method: Method, *args):
+        return getattr(self.servers[role], Method(method).value)(*args)

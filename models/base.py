@@ -9,7 +9,7 @@ import torch
 from models.device import autocast, resolve_device, resolve_precision
 from models.images import load_image, resize
 from models.loading import Checkpoint, ModelLoadError, load_checkpoint
-from models.patches import pack_linear_weights
+from models.patches import Kernels, choose_kernels, pack_linear_weights
 
 
 class Role:
@@ -17,7 +17,8 @@ class Role:
 
     task: str = ""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto"):
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto",
+                 kernels: Kernels = Kernels()):
         if checkpoint.task != self.task:
             raise ModelLoadError(f"{checkpoint.spec.name!r} is a {checkpoint.task} model, not a {self.task} model")
         if checkpoint.family != "blip":
@@ -32,8 +33,9 @@ class Role:
             # Weights cast once: autocast would re-cast every weight at every decoding step (1.4x slower
             # generation measured on this CPU). Inputs are cast by the autocast context around each forward.
             self.model = self.model.to(torch.bfloat16)
-            if self.device.type == "cpu":
+            if self.device.type == "cpu" and kernels.packed_weights:
                 pack_linear_weights(self.model)
+        choose_kernels(self.model, kernels)
         self.tokenizer = checkpoint.tokenizer
         self.image_size = checkpoint.image_size
         self._mean = torch.tensor(checkpoint.image_mean, device=self.device).view(1, 3, 1, 1) * 255.0
@@ -45,8 +47,8 @@ class Role:
         self.enc_id = self._enc_token_id()
 
     @classmethod
-    def load(cls, name: str, device: str = "auto", precision: str = "auto"):
-        return cls(load_checkpoint(name, task=cls.task), device=device, precision=precision)
+    def load(cls, name: str, device: str = "auto", precision: str = "auto", kernels: Kernels = Kernels()):
+        return cls(load_checkpoint(name, task=cls.task), device=device, precision=precision, kernels=kernels)
 
     def _enc_token_id(self) -> int:
         # BLIP's [ENC] follows [DEC] in the vocabulary (30523 after 30522); some tokenizers do not name it.

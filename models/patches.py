@@ -114,29 +114,42 @@ class CrossAttention(BlipTextSelfAttention):
 
 
 # ------------------------------------------------------------------------------------------------ vision attention
-# Image by image beat both the fused kernel and eager over the batch in bf16 on CPUs (BENCHMARKS.md, "BLIP-base
-# CapFilt on a 2-core AMD EPYC with AVX512-BF16"). A module setting, so a benchmark can compare
-# (benchmarks/capfilt_bench.py).
-CPU_BF16_PER_IMAGE = True
+@dataclass(frozen=True)
+class Kernels:
+    """The kernel choices a role may make where several give the same function (a benchmark compares them)."""
+
+    packed_weights: bool = True  # bf16 CPU linear layers on oneDNN-packed weights, where oneDNN has bf16 kernels
+    # The ViT's attention image by image in bf16 on CPUs with native bf16; it beat both torch's fused kernel and
+    # eager over the batch there (BENCHMARKS.md, "BLIP-base CapFilt on a 2-core AMD EPYC with AVX512-BF16").
+    vision_per_image: bool = True
+
+
+def choose_kernels(model: torch.nn.Module, kernels: Kernels) -> None:
+    """Apply `kernels` to a patched model's vision attention (packed weights: `pack_linear_weights`)."""
+    for module in model.modules():
+        if isinstance(module, VisionAttention):
+            module.per_image = kernels.vision_per_image
 
 
 class VisionAttention(BlipAttention):
     """The ViT's attention; attention weights are not returned (nothing in capfilt asks for them)."""
 
+    per_image = True  # Kernels.vision_per_image
+
     def forward(self, hidden_states: torch.Tensor, **kwargs):
         batch, length, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        if (CPU_BF16_PER_IMAGE and query.device.type == "cpu" and query.dtype == torch.bfloat16
+        if (self.per_image and query.device.type == "cpu" and query.dtype == torch.bfloat16
                 and not torch.is_grad_enabled() and cpu_has_fast_bf16()):
-            context = _eager_per_image(query, key, value, self.scale)
+            context = attention_per_image(query, key, value, self.scale)
         else:
             context = torch.nn.functional.scaled_dot_product_attention(
                 query, key, value, dropout_p=self.dropout.p if self.training else 0.0, scale=self.scale)
         return self.projection(context.transpose(1, 2).reshape(batch, length, dim)), None
 
 
-def _eager_per_image(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+def attention_per_image(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T * scale) v for (batch, heads, length, dim) tensors as transformers' eager BLIP attention
     computes it (bf16 scores scaled after the matmul, softmax along the keys), one batch element at a time.
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from models.images import DEFAULT_MAX_PIXELS
-from pipelines.decode import decode_samples, error_row, undecoded_row
+from pipelines.decode import DecodedBatch, decode_samples, error_row, undecoded_row
 from pipelines.reader import ShardProblem, read_shard
 
 
 def shard_batches(shard_id: str, url: str, sizes: Sequence[int], batch_size: int,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, skip: int = 0, single: int = 0) -> Iterator[dict]:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, skip: int = 0, single: int = 0) -> Iterator[DecodedBatch]:
     """Decoded batches of `batch_size` samples; a shard problem ends the stream as one error row (key null).
 
     After a decode process died: the first `skip` samples are passed over (read, not decoded), and the next `single`
@@ -33,10 +33,9 @@ def shard_batches(shard_id: str, url: str, sizes: Sequence[int], batch_size: int
         yield decode_samples(shard_id, pending, sizes, max_pixels)
 
 
-def problem_batch(shard_id: str, sizes: Sequence[int], error_type: str, message: str) -> dict:
+def problem_batch(shard_id: str, sizes: Sequence[int], error_type: str, message: str) -> DecodedBatch:
     batch = decode_samples(shard_id, [], sizes)
-    batch["rows"] = [error_row(shard_id, None, error_type, message)]
-    return batch
+    return DecodedBatch([error_row(shard_id, None, error_type, message)], [], batch.images, [])
 
 
 def sample_error_row(shard_id: str, url: str, index: int, error_type: str, message: str) -> dict:

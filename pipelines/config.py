@@ -9,7 +9,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipelines.stage import Sampling
+from models.names import check_device, check_model
+from models.sampling_config import Sampling
+from pipelines.sources import Shard, check_location, expand_shards
 from schemas.capfilt import SCHEMA_VERSION
 
 # What changes the output rows. Batch sizes, actor counts and devices do not (captions are seeded per sample).
@@ -51,6 +53,19 @@ class CapFiltConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def check(self, locations: bool = True) -> list[Shard]:
+        """Everything that can be checked without torch or Ray: the settings, the device's and the models' names
+        (ModelLoadError: unknown, unavailable or of the wrong task), and with `locations` the output location and
+        the input shards (LocationError), which are returned. A typo answers in about a second."""
+        self.validate()
+        check_device(self.device, self.precision)
+        check_model(self.captioner, "caption")
+        check_model(self.filter, "retrieval")
+        if not locations:
+            return []
+        check_location(self.output)
+        return expand_shards(self.input)
 
 
 def run_record(config: CapFiltConfig, shard_urls: list[str], models: dict) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,10 +35,38 @@ def undecoded_row(shard: str, sample: RawSample, error_type: str, message: str) 
     return row
 
 
+@dataclass
+class DecodedBatch:
+    """Samples of one shard, ready for the models: every sample's row (metadata, status), and for the samples that
+    decoded (`ok`, positions in `rows`) their pixels at each model input size and their web caption."""
+
+    rows: list[dict]
+    ok: list[int]
+    images: dict[int, np.ndarray]  # size -> uint8 (len(ok), S, S, 3)
+    captions: list[str | None]  # per decoded sample; None when it has no web caption
+    positions: list[int] | None = None  # each row's position in the batch it was taken from (default: its own)
+
+    def __post_init__(self):
+        if self.positions is None:
+            self.positions = list(range(len(self.rows)))
+
+    def take(self, picks: Sequence[int]) -> DecodedBatch:
+        """The decoded samples `picks` (indices into `ok`) alone, as a batch that remembers their positions."""
+        picks = list(picks)
+        return DecodedBatch(rows=[self.rows[self.ok[p]] for p in picks], ok=list(range(len(picks))),
+                            images={size: array[picks] for size, array in self.images.items()},
+                            captions=[self.captions[p] for p in picks],
+                            positions=[self.positions[self.ok[p]] for p in picks])
+
+    def outline(self) -> DecodedBatch:
+        """The batch without its pixels: what the driver needs to report each sample on its own."""
+        return DecodedBatch(self.rows, self.ok, {size: array[:0] for size, array in self.images.items()},
+                            self.captions, self.positions)
+
+
 def decode_samples(shard: str, samples: Sequence[RawSample], sizes: Sequence[int],
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """{'rows': one dict per sample, 'ok': indices of decoded rows, 'images': {size: uint8 (n_ok, S, S, 3)},
-    'captions': web caption per decoded row (None when absent)}."""
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedBatch:
+    """One row per sample; pixels and the web caption for each sample whose image decodes."""
     rows, ok, captions = [], [], []
     pixels: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
     for sample in samples:
@@ -65,7 +94,7 @@ def decode_samples(shard: str, samples: Sequence[RawSample], sizes: Sequence[int
         captions.append(caption if caption and caption.strip() else None)
     images = {size: (np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8))
               for size, arrays in pixels.items()}
-    return {"rows": rows, "ok": ok, "images": images, "captions": captions}
+    return DecodedBatch(rows, ok, images, captions)
 
 
 def _fail(row: dict, error_type: str, message: str) -> None:

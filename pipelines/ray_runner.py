@@ -1,9 +1,10 @@
 """The Ray wiring of CapFilt: decode tasks stream batches to model actors; the driver commits each shard.
 
-With `ray_tasks.py` (what runs in decode workers), the only pipeline modules that import ray. Flow per shard: a
-streaming decode task (CPU) yields batches -> the least busy model actor (one per GPU, or CPU) captions and scores
-them -> when every batch of the shard is back, the driver writes its Parquet and then its done-marker. Memory is
-bounded by the number of shards decoded at once and by the batches allowed to wait for an actor.
+With `ray_tasks.py` (what runs in decode workers) and `actor_pool.py`, the only pipeline modules that import ray.
+Flow per shard: a streaming decode task (CPU) yields batches -> the least busy model actor (one per GPU, or CPU)
+captions and scores them -> when every batch of the shard is back, the driver writes its Parquet and then its
+done-marker. The loop only waits on refs and hands what arrives to the ledger (`ledger.py`) and the retry policy
+(`retry.py`); memory is bounded by the shards decoded at once and by the batches allowed to wait for an actor.
 """
 from __future__ import annotations
 
@@ -12,30 +13,27 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from models.device import DeviceError
-from models.loading import ModelLoadError, resolve
-from pipelines.assemble import shard_stats, shard_table
-from pipelines.config import CapFiltConfig, check_compatible, run_record
+from models.names import DeviceError, ModelLoadError
+from pipelines import retry
+from pipelines.actor_pool import SLOTS, ActorPool, check_gpus
+from pipelines.config import CapFiltConfig
 from pipelines.decode import error_row
+from pipelines.ledger import Ledger, ShardEntry
+from pipelines.progress import reporter
 from pipelines.ray_tasks import batch_outline, crashed_sample, decode_shard
-from pipelines.sources import Shard, check_location, expand_shards
+from pipelines.run import DEFAULT_CPU_BATCH, DEFAULT_GPU_BATCH, commit, open_run, prepare, start_event
 from pipelines.stage import CapFiltStage
-from pipelines.writer import RunDir
-from schemas.capfilt import RUN_FILE, no_retries
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
-BATCHES_PER_ACTOR = 2  # in flight per actor: one running, one ready, so an actor never waits on the driver
 WAITING_BATCHES = 4  # decoded batches allowed to wait for an actor, per actor
-MAX_TRIES = 2  # a batch (then each of its samples) is tried this often before it becomes error rows
-DEFAULT_GPU_BATCH, DEFAULT_CPU_BATCH = 64, 8
 PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still open
-RECOVERY_TIMEOUT = 600.0  # seconds a crashed model actor may take to come back before the job gives up
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def connect(num_cpus: int | None = None) -> None:
@@ -55,9 +53,6 @@ def connect(num_cpus: int | None = None) -> None:
                      configure_logging=False, log_to_driver=True)
 
 
-RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
 @contextlib.contextmanager
 def _quiet_logger(name: str):
     logger = logging.getLogger(name)
@@ -70,55 +65,23 @@ def _quiet_logger(name: str):
 
 
 class ModelActor(CapFiltStage):
-    """CapFiltStage plus what the driver asks of an actor before work starts. A model that cannot be loaded is
-    reported by `info`, not raised: Ray would restart a failing actor forever and print its traceback."""
+    """CapFiltStage plus what the driver asks of an actor. A model that cannot be loaded is reported by `info`, not
+    raised: Ray would restart a failing actor forever and print its traceback."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, captioner, filter, sampling, device, precision, threads=None):
         self.load_error = None
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(captioner, filter, sampling, device, precision, threads)
         except (ModelLoadError, DeviceError) as exc:
             self.load_error = str(exc)
 
     def info(self) -> dict:
-        if self.load_error is not None:
-            return {"error": self.load_error}
-        return {**self.describe(), "image_sizes": self.image_sizes, "embedding_dim": self.embedding_dim}
+        return {"error": self.load_error} if self.load_error is not None else super().info()
 
-    def process(self, batch: dict, subset: list[int] | None = None, with_errors: bool | None = None):
-        return self(batch, subset, with_errors)
-
-
-@dataclass
-class Work:
-    shard: str
-    seq: int
-    batch: ray.ObjectRef
-    subset: list[int] | None = None  # None: the whole batch; else positions in batch['ok']
-    with_errors: bool | None = None
-    tries: int = 0
-    crashes_seen: int = 0  # crashes of its actor known when it was dispatched
-    isolated: bool = False  # runs alone on its actor, so a crash is its own and not a neighbour's
-
-
-@dataclass
-class ShardState:
-    shard: Shard
-    generator: object = None  # the current decode task's stream of batches
-    started: float = field(default_factory=time.time)
-    batches: int = 0
-    reading: bool = True
-    outstanding: int = 0
-    rows: dict = field(default_factory=dict)  # (seq, position) -> row
-    skip: int = 0  # samples the current decode task passes over: delivered by (or lost with) tasks that died
-    single: int = 0  # samples after those that it delivers one per batch
-    task_batches: int = 0  # batches read from it
-    retries: dict = field(default_factory=no_retries)  # work redone after failures (schemas.capfilt.RETRY_COUNTS)
-
-    def delivered(self, batch_size: int) -> int:
-        """The number of the shard's first sample that the current decode task has not delivered."""
-        singles = min(self.task_batches, self.single)
-        return self.skip + singles + (self.task_batches - singles) * batch_size
+    def process(self, batch, pick: int | None = None) -> list[tuple[int, dict]]:
+        """(position, row) of each row of the batch, or of its decoded sample `pick` alone."""
+        piece = batch if pick is None else batch.take([pick])
+        return list(zip(piece.positions, self(piece)))
 
 
 def plan_resources(cpus: float, gpus: int, n_actors: int) -> dict:
@@ -133,310 +96,180 @@ def plan_resources(cpus: float, gpus: int, n_actors: int) -> dict:
             "decode_workers": max(1, int(free // decode_cpus))}
 
 
-def run_capfilt(config: CapFiltConfig, log=print, actor_class: type = None) -> dict:
-    """Run CapFilt over config.input into config.output; returns the summary it prints at the end.
+def run_capfilt(config: CapFiltConfig, log=print, actor_class: type = None, on_event=None) -> dict:
+    """Run CapFilt over config.input into config.output on Ray; returns the summary it prints at the end.
 
-    `actor_class` (a ModelActor subclass) lets the reliability tests inject crashes; the job never sets it.
+    `on_event` receives the progress events (pipelines/progress.py), `log` their lines. `actor_class` (a ModelActor
+    subclass) lets the reliability tests inject crashes; the job never sets it.
     """
-    config.validate()
-    resolve(config.captioner), resolve(config.filter)  # unknown names fail here, before any actor starts
-    check_location(config.output)
-    shards = expand_shards(config.input)
-    out = RunDir(config.output)
+    shards, out = prepare(config)
     connect()
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-    n_actors = config.actors or max(gpus, 1)
+    device = "cuda" if gpus and config.device == "auto" else config.device
+    n_actors = check_gpus(config.actors, gpus, needs_gpu=device.startswith("cuda"))
     if config.batch_size is None:
-        # BLIP-base on a 2-core CPU: 1.05 images/s at batch 8, 0.88 at batch 32 (cache-bound); GPUs want more.
         config = replace(config, batch_size=DEFAULT_GPU_BATCH if gpus else DEFAULT_CPU_BATCH)
     plan = plan_resources(cpus, gpus, n_actors)
-    actor_options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1, num_cpus=plan["actor_cpus"])
-    if gpus:
-        actor_options.update(num_gpus=1)
-    device = "cuda" if gpus and config.device == "auto" else config.device
-    threads = config.model_threads or (None if gpus else os.cpu_count())
-    actor_class = ray.remote(actor_class or ModelActor)
-    actors = [
-        actor_class.options(**actor_options).remote(config.captioner, config.filter, config.sampling, device,
-                                                    config.precision, threads)
-        for _ in range(n_actors)
-    ]
+    options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1, num_cpus=plan["actor_cpus"],
+                   num_gpus=1 if device.startswith("cuda") else 0)
+    pool = ActorPool(actor_class or ModelActor, (config.captioner, config.filter, config.sampling, device,
+                                                 config.precision, config.model_threads), n_actors, options)
     try:
-        return _run(config, shards, out, actors, plan, n_actors, log)
+        info = pool.check_loaded()[0]
+        todo = open_run(config, shards, out, info)
+        emit = reporter(log, on_event)
+        emit(start_event(config, shards, todo, info, n_actors))
+        loop = _Loop(pool, info, config, out, Ledger(len(shards), len(shards) - len(todo)), emit, plan["decode_cpus"])
+        summary = loop.run(deque(todo), max_open=(config.decode_workers or plan["decode_workers"]) + 1)
+        emit({"event": "summary", "summary": summary})
+        return summary
     finally:
-        for actor in actors:
-            ray.kill(actor)  # free their CPUs / GPUs now, not when the driver's handles are collected
+        pool.kill()
 
 
-def _run(config: CapFiltConfig, shards: list[Shard], out: RunDir, actors: list, plan: dict, n_actors: int, log) -> dict:
-    info = ray.get(actors[0].info.remote())
-    if "error" in info:
-        raise ModelLoadError(info["error"])
-    record = run_record(config, [s.url for s in shards], info)
-    existing = out.read_json(out.path(RUN_FILE))
-    if existing is not None and not config.overwrite:
-        check_compatible(existing, record)  # the same run: resume it, keeping its record
-    else:
-        out.clear()
-        out.write_json(out.path(RUN_FILE), record)
+class _Loop:
+    """Waits on refs; each that arrives goes to its handler, which updates the ledger and starts what follows."""
 
-    done = out.done_shards()
-    todo = deque(s for s in shards if s.id not in done)
-    log(f"capfilt: {len(shards)} shards ({len(shards) - len(todo)} already done), {n_actors} model actor(s) on "
-        f"{info['device']} ({info['precision']}), captioner {config.captioner}, filter {config.filter}")
-    decode_workers = config.decode_workers or plan["decode_workers"]
-    scheduler = _Scheduler(actors, info, config, out, log, total=len(shards), already=len(shards) - len(todo),
-                           decode_cpus=plan["decode_cpus"])
-    summary = scheduler.run(todo, max_active=decode_workers + 1)
-    log(_summary_line(summary))
-    return summary
-
-
-class _Scheduler:
-    def __init__(self, actors, info, config: CapFiltConfig, out: RunDir, log, total: int, already: int,
-                 decode_cpus: float = 1.0):
-        self.actors, self.info, self.config, self.out, self.log = actors, info, config, out, log
+    def __init__(self, pool: ActorPool, info: dict, config: CapFiltConfig, out, ledger: Ledger, emit,
+                 decode_cpus: float):
+        self.pool, self.info, self.config, self.out, self.ledger, self.emit = pool, info, config, out, ledger, emit
         self.decode_cpus = decode_cpus
-        self.load = {i: 0 for i in range(len(actors))}
-        self.crashes = {i: 0 for i in range(len(actors))}  # crashes seen per actor
-        self.down: dict[int, float] = {}  # crashed actor -> when its crash was seen; no work goes to it
-        self.probes: dict[ray.ObjectRef, int] = {}  # info() calls that tell when a restarted actor is back
-        self.waiting: deque[Work] = deque()
-        self.inflight: dict[ray.ObjectRef, tuple[Work, int, int]] = {}
-        self.active: dict[str, ShardState] = {}
-        self.total, self.committed = total, already
-        self.samples = self.errors = self.ok = 0
-        self.retries = no_retries()  # over the run, open shards included (they are what is slow now)
-        self.started = self.last_progress = time.time()
+        self.waiting: deque[retry.Work] = deque()
+        self.streams: dict = {}  # decode task's generator -> its shard's entry
+        self.outlines: dict = {}  # batch_outline ref -> the work that failed as a whole
+        self.crashed_rows: dict = {}  # crashed_sample ref -> (entry, batch number)
 
-    def run(self, todo: deque[Shard], max_active: int) -> dict:
-        while todo or self.active:
-            while todo and len(self.active) < max_active:
-                self._start(todo.popleft())
+    def run(self, todo: deque, max_open: int) -> dict:
+        last = time.time()
+        while todo or self.ledger.open:
+            while todo and len(self.ledger.open) < max_open:
+                self._decode(self.ledger.start(todo.popleft()))
             self._dispatch()
-            readable = [s.generator for s in self.active.values()
-                        if s.reading and len(self.waiting) < WAITING_BATCHES * len(self.actors)]
-            ready, _ = ray.wait(readable + list(self.inflight) + list(self.probes), num_returns=1, timeout=1.0)
-            for item in ready:
-                if item in self.probes:
-                    self._probed(item)
-                elif item in self.inflight:
-                    self._finish_work(item)
+            reading = list(self.streams) if len(self.waiting) < WAITING_BATCHES * len(self.pool.actors) else []
+            ready, _ = ray.wait(reading + self.pool.refs() + list(self.outlines) + list(self.crashed_rows),
+                                num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref in self.streams:
+                    self._read(ref)
+                elif ref in self.outlines:
+                    self._split(ref)
+                elif ref in self.crashed_rows:
+                    self._crashed_row(ref)
+                elif ref in self.pool.probes:
+                    back = self.pool.probed(ref)
+                    if back is not None:
+                        self.emit({"event": "actor_back", "actor": back})
                 else:
-                    self._read_next(item)
-            if time.time() - self.last_progress > PROGRESS_EVERY:
-                self._progress()
-        elapsed = time.time() - self.started
-        return {"shards": self.total, "committed": self.committed, "samples": self.samples, "ok": self.ok,
-                "errors": self.errors, "retries": dict(self.retries), "seconds": round(elapsed, 2),
-                "samples_per_second": round(self.samples / elapsed, 2) if elapsed else None,
-                "output": self.config.output}
-
-    def _progress(self) -> None:
-        """A line while long shards are open: what is scored so far, committed or not."""
-        self.last_progress = time.time()
-        pending = sum(len(s.rows) for s in self.active.values())
-        elapsed = self.last_progress - self.started
-        self.log(f"[{self.committed}/{self.total} shards] {len(self.active)} open, {self.samples + pending} samples "
-                 f"scored, {(self.samples + pending) / elapsed:.1f}/s, {self.errors} errors in committed shards"
-                 f"{_retries_text(self.retries)}")
-
-    def _start(self, shard: Shard) -> None:
-        self.active[shard.id] = state = ShardState(shard)
-        self._decode(state)
-
-    def _decode(self, state: ShardState, skip: int = 0, single: int = 0) -> None:
-        """Start the shard's decode task. Ray retries it when its process dies (3 times), decoding again from its first
-        sample. A task isolating samples (`single`) is tried MAX_TRIES times, like a sample alone on a model actor, and
-        decodes a sample only once the driver has read the one before (so the sample it dies on is the next one)."""
-        options = {"num_cpus": self.decode_cpus}
-        if single:
-            options.update(max_retries=MAX_TRIES - 1, _generator_backpressure_num_objects=1)
-        state.generator = decode_shard.options(**options).remote(
-            state.shard.id, state.shard.url, self.info["image_sizes"], self.config.batch_size, self.config.max_pixels,
-            skip, single)
-        state.skip, state.single, state.task_batches = skip, single, 0
-
-    def _read_next(self, generator) -> None:
-        state = next(s for s in self.active.values() if s.generator is generator)
-        try:
-            ref = next(generator)
-        except StopIteration:
-            state.reading = False
-            self._maybe_commit(state)
-            return
-        if ref == generator.completed():  # not a batch: the task's error, after Ray's own retries
-            self._decode_crashed(state, ref)
-            return
-        self.waiting.append(Work(state.shard.id, state.batches, ref))
-        state.batches += 1
-        state.task_batches += 1
-        state.outstanding += 1
-
-    def _decode_crashed(self, state: ShardState, failed: ray.ObjectRef) -> None:
-        """The decode task's process died on each of its attempts. Its batches are kept, and a new task decodes from
-        the first sample it did not deliver, the next batch's worth one sample per batch: when that task dies while
-        decoding one sample alone, that sample becomes a `worker_crashed` row and decoding resumes after it."""
-        try:
-            ray.get(failed)
-            reason = "the decode task ended without its batches"
-        except RayError as exc:
-            reason = _reason(exc)
-        at = state.delivered(self.config.batch_size)
-        if at < state.skip + state.single:
-            message = f"the process decoding its image died on every attempt: {reason}"
-            try:
-                row = ray.get(crashed_sample.remote(state.shard.id, state.shard.url, at, message))
-            except RayError as exc:
-                row = error_row(state.shard.id, None, "worker_crashed", f"sample {at}: {message} ({_reason(exc)})")
-            state.rows[(state.batches, 0)] = row
-            state.batches += 1
-            at += 1
-        self.log(f"{state.shard.id}: a decode process died ({reason}); decoding resumes at sample {at}")
-        self._count(state, "decode_restarts")
-        self._decode(state, skip=at, single=self.config.batch_size)
+                    self._finished(ref)
+            if time.time() - last > PROGRESS_EVERY:
+                last = time.time()
+                self.emit(self.ledger.progress())
+        return self.ledger.summary(self.config.output)
 
     def _dispatch(self) -> None:
+        """Waiting work to the actors, in order; an isolated sample fills its actor, so a crash is its own."""
         while self.waiting:
             work = self.waiting[0]
-            cost = BATCHES_PER_ACTOR if work.isolated else 1  # an isolated piece fills its actor
-            up = [i for i in self.load if i not in self.down]
-            actor = min(up, key=self.load.get, default=None)
-            if actor is None or self.load[actor] + cost > BATCHES_PER_ACTOR:
+            if not self.pool.submit(work, "process", work.batch, work.pick, cost=SLOTS if work.isolated else 1):
                 return
             self.waiting.popleft()
             work.tries += 1
-            work.crashes_seen = self.crashes[actor]
-            ref = self.actors[actor].process.remote(work.batch, work.subset, work.with_errors)
-            self.inflight[ref] = (work, actor, cost)
-            self.load[actor] += cost
 
-    def _finish_work(self, ref) -> None:
-        work, actor, cost = self.inflight.pop(ref)
-        self.load[actor] -= cost
-        state = self.active[work.shard]
+    def _decode(self, entry: ShardEntry, skip: int = 0, single: int = 0) -> None:
+        """Start the shard's decode task. Ray retries it when its process dies (3 times), decoding again from its
+        first sample. A task isolating samples (`single`) is tried MAX_TRIES times, like a sample alone on a model
+        actor, and decodes a sample only once the driver has read the one before (so the sample it dies on is the
+        next one): Ray's `_generator_backpressure_num_objects=1`, its only knob for that (docs/adr/0001)."""
+        options = {"num_cpus": self.decode_cpus}
+        if single:
+            options.update(max_retries=retry.MAX_TRIES - 1, _generator_backpressure_num_objects=1)
+        stream = decode_shard.options(**options).remote(
+            entry.shard.id, entry.shard.url, self.info["image_sizes"], self.config.batch_size, self.config.max_pixels,
+            skip, single)
+        self.streams[stream] = entry
+        entry.restart_decoding(skip, single)
+
+    def _read(self, stream) -> None:
+        entry = self.streams[stream]
         try:
-            rows = ray.get(ref)
-        except RayActorError as exc:
-            if work.crashes_seen < self.crashes[actor]:
-                work.tries -= 1  # it shared the actor with the work whose crash was counted: not its fault
-            else:
-                self._actor_crashed(actor)
-            self._retry(work, state, exc)
+            ref = next(stream)
+        except StopIteration:
+            del self.streams[stream]
+            entry.reading = False
+            self._maybe_commit(entry)
             return
+        if ref == stream.completed():  # not a batch: the task's error, after Ray's own retries
+            del self.streams[stream]
+            self._decode_died(entry, ref)
+            return
+        self.waiting.append(retry.Work(entry.shard.id, entry.new_batch(), ref))
+
+    def _decode_died(self, entry: ShardEntry, failed) -> None:
+        """Every attempt of the decode task died. Its batches are kept; a new task decodes from the first sample it
+        did not deliver, a batch's worth one sample per batch. When it died decoding one sample alone, that sample
+        becomes a `worker_crashed` row (read again, undecoded, by `crashed_sample`) and decoding resumes after it."""
+        try:
+            ray.get(failed)  # ready: its error
+            why = "the decode task ended without its batches"
         except RayError as exc:
-            self._retry(work, state, exc)
-            return
-        for position, row in rows:
-            state.rows[(work.seq, position)] = row
-        self._done_work(state)
+            why = retry.reason(exc)
+        at = entry.delivered(self.config.batch_size)
+        if at < entry.skip + entry.single:
+            message = f"the process decoding its image died on every attempt: {why}"
+            self.crashed_rows[crashed_sample.remote(entry.shard.id, entry.shard.url, at, message)] = (
+                entry, entry.new_batch(from_task=False), f"sample {at}: {message}")
+            at += 1
+        self.emit({"event": "decode_restart", "shard": entry.shard.id, "reason": why, "at": at})
+        self.ledger.count(entry, "decode_restarts")
+        self._decode(entry, skip=at, single=self.config.batch_size)
 
-    def _actor_crashed(self, actor: int) -> None:
-        """Ray restarts a crashed actor; until a call has run on the new process, work sent to it could still reach
-        the dead one and fail for nothing, so none is sent."""
-        self.crashes[actor] += 1
-        self.down.setdefault(actor, time.time())
-        self.probes[self.actors[actor].info.remote()] = actor
-
-    def _probed(self, ref) -> None:
-        actor = self.probes.pop(ref)
+    def _crashed_row(self, ref) -> None:
+        entry, seq, message = self.crashed_rows.pop(ref)
         try:
-            info = ray.get(ref)
-        except RayActorError:
-            if time.time() - self.down[actor] > RECOVERY_TIMEOUT:
-                raise RuntimeError(f"model actor {actor} crashed and did not come back within "
-                                   f"{RECOVERY_TIMEOUT:.0f}s; see the Ray logs for why it dies on start") from None
-            time.sleep(0.2)
-            self.probes[self.actors[actor].info.remote()] = actor
-            return
-        if "error" in info:
-            raise ModelLoadError(f"model actor {actor} restarted after a crash but: {info['error']}")
-        del self.down[actor]
-        self.log(f"model actor {actor} is back after a crash; its work is retried")
+            row = ray.get(ref)
+        except RayError as exc:
+            row = error_row(entry.shard.id, None, "worker_crashed", f"{message} ({retry.reason(exc)})")
+        entry.put(seq, [(0, row)])
+        self._maybe_commit(entry)
 
-    def _retry(self, work: Work, state: ShardState, exc: Exception) -> None:
-        """Try a failed batch again; then sample by sample, each alone on its actor (a dying actor also fails the
-        other call queued on it); a sample that fails twice alone becomes an error row."""
-        if work.tries < MAX_TRIES:
-            self._count(state, "samples_retried" if work.isolated else "batches_retried")
+    def _finished(self, ref) -> None:
+        work, result, counted = self.pool.finished(ref)
+        entry = self.ledger.open[work.shard]
+        if not isinstance(result, Exception):
+            entry.put(work.seq, result)
+            self._maybe_commit(entry)
+            return
+        work.tries -= not counted  # it shared the actor with the call whose crash was counted: not its fault
+        step = retry.after_failure(work)
+        if step is retry.Next.RETRY:
+            self.ledger.count(entry, retry.retry_count(work))
             self.waiting.appendleft(work)
-            return
+        elif step is retry.Next.SPLIT:
+            work.failure = retry.reason(result)
+            self.outlines[batch_outline.remote(work.batch)] = work
+        else:
+            entry.put(work.seq, [retry.error_row(work, isinstance(result, RayActorError), retry.reason(result))])
+            self._maybe_commit(entry)
+
+    def _split(self, ref) -> None:
+        """The outline of a batch that failed as a whole arrived: its samples go out one by one."""
+        work = self.outlines.pop(ref)
+        entry = self.ledger.open[work.shard]
         try:
-            outline = ray.get(batch_outline.remote(work.batch))
-        except RayError as decode_exc:  # the batch itself is lost: its decode task died
-            state.rows[(work.seq, -1)] = error_row(state.shard.id, None, "decode_failed", _reason(decode_exc))
-            self._done_work(state)
+            pieces, rows = retry.split(work, ray.get(ref))
+        except RayError as exc:  # the batch itself is lost: its decode task died
+            entry.put(work.seq, [(-1, error_row(entry.shard.id, None, "decode_failed", retry.reason(exc)))])
+            self._maybe_commit(entry)
             return
-        subset = list(range(len(outline))) if work.subset is None else work.subset
-        if work.subset is None or len(subset) > 1:
-            pieces = [Work(work.shard, work.seq, work.batch, [p], with_errors=False, isolated=True) for p in subset]
-            if work.subset is None:  # the rows that failed before the models still need writing
-                pieces.append(Work(work.shard, work.seq, work.batch, [], with_errors=True))
-            state.outstanding += len(pieces) - 1
-            self.waiting.extendleft(reversed(pieces))
-            self._count(state, "batches_isolated")
-            self._count(state, "samples_isolated", len(subset))
-            keys = [outline[p][1].get("key") for p in subset]
-            span = f"{keys[0]}..{keys[-1]}" if len(keys) > 1 else f"{keys[0]}" if keys else "none decoded"
-            self.log(f"{state.shard.id}: batch {work.seq} (samples {span}) failed {work.tries} times; its "
-                     f"{len(subset)} samples now run one at a time, each alone on its actor (slower): {_reason(exc)}")
-            return
-        position, row = outline[subset[0]]
-        kind = "worker_crashed" if isinstance(exc, RayActorError) else "model_failed"
-        state.rows[(work.seq, position)] = {**row, "status": "error", "error_type": kind,
-                                            "error_message": f"failed {MAX_TRIES} times on its own: {_reason(exc)}"}
-        self._done_work(state)
+        self.ledger.count(entry, "batches_isolated")
+        self.ledger.count(entry, "samples_isolated", len(pieces))
+        self.emit(retry.isolated_event(work, pieces, work.failure))
+        entry.put(work.seq, rows, done=not pieces)
+        entry.outstanding += max(len(pieces) - 1, 0)
+        self.waiting.extendleft(reversed(pieces))
+        self._maybe_commit(entry)
 
-    def _count(self, state: ShardState, what: str, n: int = 1) -> None:
-        state.retries[what] += n
-        self.retries[what] += n
-
-    def _done_work(self, state: ShardState) -> None:
-        state.outstanding -= 1
-        self._maybe_commit(state)
-
-    def _maybe_commit(self, state: ShardState) -> None:
-        if state.reading or state.outstanding:
-            return
-        rows = [state.rows[key] for key in sorted(state.rows)]
-        table = shard_table(rows, self.info["embedding_dim"])
-        stats = shard_stats(state.shard.id, state.shard.url, rows, state.started, state.retries)
-        self.out.commit_shard(state.shard.id, table, stats)
-        del self.active[state.shard.id]
-        self.committed += 1
-        self.samples += stats["samples"]
-        self.ok += stats["ok"]
-        self.errors += sum(stats["errors"].values())
-        self.last_progress = time.time()
-        elapsed = self.last_progress - self.started
-        self.log(f"[{self.committed}/{self.total} shards] {state.shard.id}: {stats['samples']} samples, "
-                 f"{stats['ok']} ok{_retries_text(stats['retries'])} | run: {self.samples} samples, "
-                 f"{self.samples / elapsed:.1f}/s, {self.errors} errors")
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[-1] if text else type(exc).__name__)[:500]
-
-
-def _retries_text(counts: dict) -> str:
-    """', 2 batches retried, 1 isolated (8 samples alone, 1 retried), 1 decode restart', or '' when all are 0."""
-    parts = []
-    if counts["batches_retried"]:
-        parts.append(f"{counts['batches_retried']} batch{'es' if counts['batches_retried'] > 1 else ''} retried")
-    if counts["batches_isolated"]:  # samples run (and retried) alone only come from an isolated batch
-        alone = f"{counts['samples_isolated']} sample{'s' if counts['samples_isolated'] != 1 else ''} alone"
-        if counts["samples_retried"]:
-            alone += f", {counts['samples_retried']} retried"
-        parts.append(f"{counts['batches_isolated']} isolated ({alone})")
-    if counts["decode_restarts"]:
-        parts.append(f"{counts['decode_restarts']} decode restart{'s' if counts['decode_restarts'] > 1 else ''}")
-    return "".join(f", {part}" for part in parts)
-
-
-def _summary_line(summary: dict) -> str:
-    return (f"capfilt done: {summary['committed']}/{summary['shards']} shards, {summary['samples']} samples "
-            f"({summary['ok']} ok, {summary['errors']} errors{_retries_text(summary['retries'])}) "
-            f"in {summary['seconds']}s "
-            f"({summary['samples_per_second']} samples/s) -> {summary['output']}")
+    def _maybe_commit(self, entry: ShardEntry) -> None:
+        if entry.ready:
+            self.emit(self.ledger.committed_shard(entry, commit(self.out, entry, self.info["embedding_dim"])))

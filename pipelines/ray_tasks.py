@@ -36,6 +36,6 @@ def crashed_sample(shard_id: str, url: str, index: int, message: str) -> dict:
 
 
 @ray.remote(num_cpus=0)
-def batch_outline(batch: dict) -> list[tuple[int, dict]]:
-    """(position, metadata row) of each decoded sample: what the driver needs to report one that fails."""
-    return [(i, batch["rows"][i]) for i in batch["ok"]]
+def batch_outline(batch):
+    """The batch without its pixels (DecodedBatch.outline): what the driver needs to report each sample alone."""
+    return batch.outline()

@@ -1,42 +1,31 @@
 """The CapFilt model stage: captioner then filter over one decoded batch. Plain Python; the wiring wraps it in a Ray actor."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import os
 
 import torch
 
-from models.captioner import PROMPT, Captioner
+from models.captioner import Captioner
 from models.matcher import Matcher
+from models.patches import Kernels
+from models.sampling_config import Sampling
+from pipelines.decode import DecodedBatch
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """How synthetic captions are drawn (BLIP's CapFilt defaults; see PROTOCOLS.md)."""
-
-    num_captions: int = 1  # BLIP used 1 per image, BLIP-2 10
-    seed: int = 0
-    top_p: float = 0.9
-    top_k: int = 50  # transformers' sampling default, which BLIP's sampling ran with
-    repetition_penalty: float = 1.1
-    max_length: int = 30  # tokens, counting [DEC] and the prompt, as BLIP counts them
-    min_length: int = 10
-    prompt: str = PROMPT
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["CapFiltStage", "Kernels", "Sampling"]
 
 
 class CapFiltStage:
-    """`__init__` loads the captioner and the filter; `__call__(batch)` fills in the model columns of its rows."""
+    """`__init__` loads the captioner and the filter; `__call__(batch)` returns the batch's rows with the model
+    columns of its decoded samples filled in."""
 
     def __init__(self, captioner: str, filter: str, sampling: Sampling = Sampling(), device: str = "auto",
-                 precision: str = "auto", threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)
+                 precision: str = "auto", threads: int | None = None, kernels: Kernels = Kernels()):
+        if threads or not str(device).startswith("cuda"):
+            # every core of this node by default: Ray sets a CPU actor's torch threads to its CPU share
+            torch.set_num_threads(threads or os.cpu_count())
         self.sampling = sampling
-        self.captioner = Captioner.load(captioner, device=device, precision=precision)
-        self.filter = Matcher.load(filter, device=device, precision=precision)
+        self.captioner = Captioner.load(captioner, device=device, precision=precision, kernels=kernels)
+        self.filter = Matcher.load(filter, device=device, precision=precision, kernels=kernels)
 
     @property
     def image_sizes(self) -> list[int]:
@@ -46,37 +35,31 @@ class CapFiltStage:
     def embedding_dim(self) -> int:
         return int(self.filter.model.config.image_text_hidden_size)
 
-    def describe(self) -> dict:
+    def info(self) -> dict:
+        """The models (names, fingerprints), where they run, and what the decoding and the schema need of them."""
         return {"captioner": self.captioner.checkpoint.describe(), "filter": self.filter.checkpoint.describe(),
-                "device": str(self.captioner.device), "precision": self.captioner.precision}
+                "device": str(self.captioner.device), "precision": self.captioner.precision,
+                "image_sizes": self.image_sizes, "embedding_dim": self.embedding_dim}
 
-    def __call__(self, batch: dict, subset: Sequence[int] | None = None,
-                 with_errors: bool | None = None) -> list[tuple[int, dict]]:
-        """(row position, row) for every row of the batch, or for the decoded samples at `subset` (positions in
-        batch['ok']) plus, when `with_errors`, the rows that failed before the models (default: subset is None).
+    def __call__(self, batch: DecodedBatch) -> list[dict]:
+        """One row per row of the batch, in its order: undecoded samples as they are, decoded ones scored.
 
         A sample's result does not depend on which other samples are processed with it.
         """
-        picks = range(len(batch["ok"])) if subset is None else list(subset)
-        out: list[tuple[int, dict]] = []
-        if subset is None if with_errors is None else with_errors:
-            ok = set(batch["ok"])
-            out.extend((i, row) for i, row in enumerate(batch["rows"]) if i not in ok)
-        if not picks:
+        out = list(batch.rows)
+        if not batch.ok:
             return out
-        positions = [batch["ok"][p] for p in picks]
-        rows = [dict(batch["rows"][i]) for i in positions]
-        web = [batch["captions"][p] for p in picks]
-        cap_images = batch["images"][self.captioner.image_size][picks]
-        filter_images = batch["images"][self.filter.image_size][picks]
+        rows = [dict(batch.rows[i]) for i in batch.ok]
+        web = batch.captions
         sample_ids = [f"{row['shard']}/{row['key']}" for row in rows]
         s = self.sampling
         synthetic = self.captioner.sample(
-            cap_images, sample_ids, seed=s.seed, num_captions=s.num_captions, prompt=s.prompt, top_p=s.top_p,
-            top_k=s.top_k, repetition_penalty=s.repetition_penalty, max_length=s.max_length, min_length=s.min_length,
+            batch.images[self.captioner.image_size], sample_ids, seed=s.seed, num_captions=s.num_captions,
+            prompt=s.prompt, top_p=s.top_p, top_k=s.top_k, repetition_penalty=s.repetition_penalty,
+            max_length=s.max_length, min_length=s.min_length,
         )
         texts = [([w] if w is not None else []) + list(caps) for w, caps in zip(web, synthetic)]
-        scores = self.filter.score(filter_images, texts)
+        scores = self.filter.score(batch.images[self.filter.image_size], texts)
         cursor = 0
         for i, row in enumerate(rows):
             if web[i] is not None:
@@ -88,5 +71,5 @@ class CapFiltStage:
             ]
             cursor += len(synthetic[i])
             row["image_embedding"] = scores.image_embeddings[i]
-            out.append((positions[i], row))
+            out[batch.ok[i]] = row
         return out

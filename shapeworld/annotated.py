@@ -13,7 +13,7 @@ from shapeworld.captions import phrasings
 from shapeworld.questions import answer_list, nlvr_statement, referring_expressions, vqa_questions
 from shapeworld.scenes import (COLORS, COUNTS, POSITIONS, SHAPES, Scene, combinations, render, sample_mixed_scene,
                                sample_scene)
-from pipelines.demo_data import write_tar
+from pipelines.tars import write_tar
 from shapeworld.web import JPEG_QUALITY, jpeg
 
 REFERENCES = 5  # reference captions per image

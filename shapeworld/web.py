@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.demo_data import sample_members, write_tar
+from pipelines.tars import sample_members, write_tar
 from shapeworld.captions import canonical, corrupt, draw_noise, phrasings
 from shapeworld.scenes import Scene, render, sample_scene
 

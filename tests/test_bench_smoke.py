@@ -107,20 +107,21 @@ def test_train_step_benchmark(tmp_path, compare, variants):
     assert figures["ratio"] > 0
 
 
-def test_stage_parts_accounts_for_the_stage_call():
+def test_stage_parts_accounts_for_the_stage_call(monkeypatch):
     """`stage_parts.py` times the stage's parts in one call: a ViT's linear layers inside the ViT, the parts within
     the call, FLOPs counted per part (the ViTs' the same, both more than their linear layers), and the table's
     roofline share is the call's FLOPs at the peak over its seconds."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/stage_parts.py` has it
     spec = importlib.util.spec_from_file_location("stage_parts", ROOT / "benchmarks/stage_parts.py")
     parts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(parts)
     import models.patches
 
-    attention = models.patches._eager_per_image
+    attention = models.patches.attention_per_image
     rows, total, flops, peak = parts.measure("tiny", 1)
-    assert models.patches._eager_per_image is attention  # the wrappers are undone
+    assert models.patches.attention_per_image is attention  # the wrappers are undone
     seconds = {name.strip(): s for name, s, _ in rows}
     counted = {name.strip(): f for name, _, f in rows}
     assert set(seconds) == {"captioner ViT", "captioner ViT: its linear layers", "filter ViT",

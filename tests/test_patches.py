@@ -61,20 +61,17 @@ def test_sampling_projects_image_keys_once_per_image_and_keeps_captions():
     from transformers import LogitsProcessorList
 
     states = captioner.encode_images(pixels).repeat_interleave(4, dim=0)
-    prompt_length = captioner._prompt_ids("a picture of ", 1).shape[1]
+    prompt_length = captioner.prompt_ids("a picture of ", 1).shape[1]
     seeds = [derive_seed(3, sid, j) for sid in "abc" for j in range(4)]
     nucleus = SeededNucleus(row_uniforms(seeds, 30), prompt_length)
-    plain = captioner._generate(states, "a picture of ", do_sample=False, num_beams=1, max_length=30, min_length=10,
+    plain = captioner.generate(states, "a picture of ", do_sample=False, num_beams=1, max_length=30, min_length=10,
                                 repetition_penalty=1.1, logits_processor=LogitsProcessorList([nucleus]))
     assert [c for group in captions for c in group] == plain
 
 
 def roles_with_and_without_packing(monkeypatch, cls, name):
-    import models.base
-
     packed = cls.load(name, device="cpu", precision="bf16")
-    monkeypatch.setattr(models.base, "pack_linear_weights", lambda model: 0)
-    plain = cls.load(name, device="cpu", precision="bf16")
+    plain = cls.load(name, device="cpu", precision="bf16", kernels=patches.Kernels(packed_weights=False))
     return packed, plain
 
 
@@ -134,13 +131,13 @@ def test_flop_counter_counts_fused_cpu_attention_as_its_two_matmuls():
     the ViTs' attention); both attention paths now count q k^T and p v."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.patches import _eager_per_image
+    from models.patches import attention_per_image
 
     query, key, value = torch.randn(3, 2, 16, 8), torch.randn(3, 2, 20, 8), torch.randn(3, 2, 20, 4)
     with torch.inference_mode(), FlopCounterMode(display=False) as fused:
         torch.nn.functional.scaled_dot_product_attention(query, key, value)
     with torch.inference_mode(), FlopCounterMode(display=False) as eager:
-        _eager_per_image(query, key, value, 0.5)
+        attention_per_image(query, key, value, 0.5)
     assert fused.get_total_flops() == eager.get_total_flops() == 2 * 3 * 2 * 16 * 20 * (8 + 4)
 
 
@@ -272,7 +269,6 @@ def test_a_change_that_fails_its_check_falls_back_with_one_warning(monkeypatch):
 def test_bf16_asked_for_on_a_cpu_without_onednn_bf16_runs_unpacked(monkeypatch):
     """On an AVX2-only CPU (here: its capability query answering so), bf16 roles run without packed weights,
     warn once that bf16 is emulated, and give the same captions as bf16 without packing here."""
-    import models.base
     import models.device
 
     monkeypatch.setattr(patches, "cpu_bf16_kernels", lambda: False)
@@ -285,7 +281,7 @@ def test_bf16_asked_for_on_a_cpu_without_onednn_bf16_runs_unpacked(monkeypatch):
     assert len(caught) == 1 and "emulated" in str(caught[0].message) and "--precision auto" in str(caught[0].message)
     assert not any(isinstance(m, patches.PackedLinear) for m in captioner.model.modules())
     assert models.device.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(models.base, "pack_linear_weights", lambda model: 0)
     assert captioner.sample(images(2), ["a", "b"]) == Captioner.load(
-        "tiny-random_caption", device="cpu", precision="bf16").sample(images(2), ["a", "b"])
+        "tiny-random_caption", device="cpu", precision="bf16",
+        kernels=patches.Kernels(packed_weights=False)).sample(images(2), ["a", "b"])
     models.device._warn_emulated_bf16.cache_clear()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import CapFiltConfig
-from pipelines.demo_data import jpeg_bytes, sample_members, write_tar
+from tests.corpus import jpeg_bytes, sample_members, write_tar
 from pipelines.ray_runner import ModelActor
 
 ray = pytest.importorskip("ray")
@@ -20,22 +20,21 @@ ray = pytest.importorskip("ray")
 class PoisonActor(ModelActor):
     """Exits its process whenever a batch holds the sample keyed 'poison' (every time, as a bad input would)."""
 
-    def process(self, batch, subset=None, with_errors=None):
-        picked = range(len(batch["ok"])) if subset is None else subset
-        if any(batch["rows"][batch["ok"][p]]["key"] == "poison" for p in picked):
+    def __call__(self, batch):
+        if any(batch.rows[i]["key"] == "poison" for i in batch.ok):
             os._exit(1)
-        return super().process(batch, subset, with_errors)
+        return super().__call__(batch)
 
 
 class DiesOnceActor(ModelActor):
     """Exits its process on its first batch only (a marker file remembers across the restart)."""
 
-    def process(self, batch, subset=None, with_errors=None):
+    def __call__(self, batch):
         marker = Path(os.environ["CAPFILT_TEST_MARKER"])
         if not marker.exists():
             marker.write_text("died")
             os._exit(1)
-        return super().process(batch, subset, with_errors)
+        return super().__call__(batch)
 
 
 class FailsOnceActor(ModelActor):
@@ -43,22 +42,20 @@ class FailsOnceActor(ModelActor):
 
     failed = False
 
-    def process(self, batch, subset=None, with_errors=None):
-        picked = range(len(batch["ok"])) if subset is None else subset
-        if not self.failed and any(batch["rows"][batch["ok"][p]]["key"] == "flaky" for p in picked):
+    def __call__(self, batch):
+        if not self.failed and any(batch.rows[i]["key"] == "flaky" for i in batch.ok):
             self.failed = True
             raise RuntimeError("injected: fails once")
-        return super().process(batch, subset, with_errors)
+        return super().__call__(batch)
 
 
 class AlwaysFailsActor(ModelActor):
     """Raises whenever a call holds the sample keyed 'bad' (a persistent model failure, the actor lives on)."""
 
-    def process(self, batch, subset=None, with_errors=None):
-        picked = range(len(batch["ok"])) if subset is None else subset
-        if any(batch["rows"][batch["ok"][p]]["key"] == "bad" for p in picked):
+    def __call__(self, batch):
+        if any(batch.rows[i]["key"] == "bad" for i in batch.ok):
             raise RuntimeError("injected: the model fails on this sample")
-        return super().process(batch, subset, with_errors)
+        return super().__call__(batch)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +89,7 @@ def run(paths, out, actor_class, logs: list | None = None, **settings):
 
 
 def marker(out: Path, shard_id: str) -> dict:
-    return json.loads((out / "shards" / f"{shard_id}.done.json").read_text())
+    return json.loads((out / "shards" / "_done" / f"{shard_id}.json").read_text())
 
 
 def counts(**nonzero) -> dict:

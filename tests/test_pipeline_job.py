@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import CapFiltConfig, RunConflict
-from pipelines.demo_data import build_demo_shards, jpeg_bytes, sample_members, write_tar
+from tests.corpus import build_demo_shards, jpeg_bytes, sample_members, write_tar
 from pipelines.export import export_dataset
 from pipelines.reader import read_shard
 from pipelines.select import keep_list, open_run, summary
@@ -92,7 +92,7 @@ def test_every_sample_is_one_row(cluster, corpus, tmp_path):
         assert np.isclose(np.linalg.norm(r["image_embedding"]), 1.0, atol=1e-4)
     shard_rows = [r for r in rows if r["key"] is None]
     assert [(r["shard"], r["error_type"]) for r in shard_rows] == [("cut", "truncated_shard")]
-    marker = json.loads((tmp_path / "out/shards/cut.done.json").read_text())
+    marker = json.loads((tmp_path / "out/shards/_done/cut.json").read_text())
     assert marker["partial"] is True and marker["samples"] >= 2
     assert any("[5/5 shards]" in line for line in logs) and "capfilt done" in logs[-1]
     assert pq.read_schema(next((tmp_path / "out/shards").glob("*.parquet"))).names == COLUMN_NAMES
@@ -228,7 +228,7 @@ def test_empty_web_captions_mixed_in_a_batch_need_no_retries(cluster, tmp_path):
     path = write_tar(tmp_path / "empty.tar", members)
     assert (tmp_path / "empty.tar").stat().st_size and b"" in members.values()  # the empty KEY.txt members
     result, logs = run([path], tmp_path / "out", batch_size=4, sampling=Sampling(num_captions=3))
-    marker = json.loads((tmp_path / "out/shards/empty.done.json").read_text())
+    marker = json.loads((tmp_path / "out/shards/_done/empty.json").read_text())
     assert marker["retries"] == result["retries"] == dict.fromkeys(marker["retries"], 0)
     assert set(marker["retries"]) >= {"batches_retried", "batches_isolated", "samples_isolated"}
     assert not any("one at a time" in line for line in logs)

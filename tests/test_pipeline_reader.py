@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipelines.decode import decode_samples
-from pipelines.demo_data import jpeg_bytes, sample_members, write_tar
+from tests.corpus import jpeg_bytes, sample_members, write_tar
 from pipelines.reader import RawSample, ShardProblem, read_shard
 from tests.hostile import image_bytes, pickle_payload
 
@@ -29,7 +29,7 @@ def test_pickle_members_are_never_read(tmp_path):
     shard = write_tar(tmp_path / "p.tar", [("k.jpg", image_bytes()), ("k.pyd", payload), ("k.pth", payload)])
     (sample,) = list(read_shard(str(shard)))
     assert set(sample.members) == {"jpg"} and not victim.exists()
-    rows = decode_samples("p", [sample], [32])["rows"]
+    rows = decode_samples("p", [sample], [32]).rows
     assert rows[0]["status"] == "ok" and not victim.exists()
 
 
@@ -93,8 +93,8 @@ def test_decode_rows_and_error_types():
         RawSample("dup", {"jpg": good}, problem=("duplicate_key", "again")),
     ]
     batch = decode_samples("s", samples, [16, 24])
-    rows = {r["key"]: r for r in batch["rows"]}
-    assert len(batch["rows"]) == len(samples)
+    rows = {r["key"]: r for r in batch.rows}
+    assert len(batch.rows) == len(samples)
     assert rows["ok"]["status"] == "ok" and (rows["ok"]["width"], rows["ok"]["height"]) == (40, 30)
     assert rows["ok"]["url"] == "http://x/1" and rows["ok"]["sha256"] == "abc" and rows["ok"]["original_width"] == 400
     assert rows["nocap"]["status"] == "ok" and rows["nocap"]["web_caption"] is None
@@ -102,15 +102,15 @@ def test_decode_rows_and_error_types():
         "noimage": "missing_image", "zero": "empty_image", "junk": "not_an_image", "cut": "truncated_image",
         "dup": "duplicate_key"}
     assert rows["latin1"]["web_caption"] == "caf\ufffd" and rows["latin1"]["web_caption_invalid_utf8"] is True
-    assert batch["ok"] == [0, 1, 6] and batch["captions"] == ["a caption", None, "caf\ufffd"]
-    assert batch["images"][16].shape == (3, 16, 16, 3) and batch["images"][24].dtype == np.uint8
+    assert batch.ok == [0, 1, 6] and batch.captions == ["a caption", None, "caf\ufffd"]
+    assert batch.images[16].shape == (3, 16, 16, 3) and batch.images[24].dtype == np.uint8
 
 
 def test_decompression_bomb_is_refused_before_decoding():
     """An image whose header declares more pixels than the limit is an error row, not a memory spike."""
     batch = decode_samples("s", [RawSample("bomb", {"png": image_bytes("PNG", size=(100, 100))})], [8],
                            max_pixels=100 * 99)
-    assert batch["rows"][0]["error_type"] == "decompression_bomb" and batch["ok"] == []
+    assert batch.rows[0]["error_type"] == "decompression_bomb" and batch.ok == []
 
 
 def test_shard_cut_between_members_is_detected(tmp_path):

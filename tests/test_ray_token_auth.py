@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.demo_data import build_demo_shards
+from tests.corpus import build_demo_shards
 from tests.test_integration_ray_job import (BIN, PER_SHARD, RAY, REPO, SHARDS, capfilt_submit, check_output, ray_env,
                                             running_head)
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.batches import sample_error_row, shard_batches
 from pipelines.config import CapFiltConfig
-from pipelines.demo_data import jpeg_bytes, sample_members, write_tar
+from tests.corpus import jpeg_bytes, sample_members, write_tar
 
 ray = pytest.importorskip("ray")
 
@@ -85,7 +85,7 @@ def test_resumed_decoding_skips_then_isolates(tmp_path):
     the row of a sample by its number keeps its metadata, and a number past the end is a shard-level row."""
     keys = [f"k{i:02d}" for i in range(10)]
     path = str(shard(tmp_path / "s.tar", keys, {}))
-    batches = [[row["key"] for row in batch["rows"]] for batch in shard_batches("s", path, [8], 4, skip=3, single=2)]
+    batches = [[row["key"] for row in batch.rows] for batch in shard_batches("s", path, [8], 4, skip=3, single=2)]
     assert batches == [["k03"], ["k04"], ["k05", "k06", "k07", "k08"], ["k09"]]
     row = sample_error_row("s", path, 5, "worker_crashed", "it died")
     assert (row["key"], row["url"], row["status"], row["error_type"]) == ("k05", "u/k05", "error", "worker_crashed")
@@ -102,7 +102,7 @@ def test_decoder_dying_once_loses_nothing(files, tmp_path):
     assert marker.exists()
     assert rows_of(tmp_path / "out") == [("00000", k, "ok", None) for k in keys]
     assert not any("decode process died" in line for line in logs)  # Ray's own retry was enough
-    assert json.loads((tmp_path / "out/shards/00000.done.json").read_text())["retries"]["decode_restarts"] == 0
+    assert json.loads((tmp_path / "out/shards/_done/00000.json").read_text())["retries"]["decode_restarts"] == 0
 
 
 def test_poison_image_that_kills_every_decoder(files, tmp_path):
@@ -130,6 +130,6 @@ def test_poison_image_that_kills_every_decoder(files, tmp_path):
     resumed = [int(line.rsplit(" ", 1)[-1]) for line in logs if "decoding resumes at sample" in line]
     assert len(resumed) == 2 and resumed[0] in (0, 4) and resumed[1] == 6, logs
     # Each of those restarts is counted: in the shard's done-marker, the summary and the summary line.
-    markers = {s: json.loads((tmp_path / "out/shards" / f"{s}.done.json").read_text()) for s in ("00000", "00001")}
+    markers = {s: json.loads((tmp_path / "out/shards/_done" / f"{s}.json").read_text()) for s in ("00000", "00001")}
     assert markers["00000"]["retries"]["decode_restarts"] == 2 and markers["00001"]["retries"]["decode_restarts"] == 0
     assert result["retries"]["decode_restarts"] == 2 and ", 2 decode restarts" in logs[-1], logs

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from pipelines.config import CapFiltConfig
-from pipelines.demo_data import build_demo_shards
+from tests.corpus import build_demo_shards
 from pipelines.ray_runner import ModelActor, run_capfilt
 
 ray = pytest.importorskip("ray")
@@ -29,13 +29,13 @@ class WhereActor(ModelActor):
     """Appends its node id and process id to $CAPFILT_TEST_NODES for every batch it scores: where the actor ran, and
     reran."""
 
-    def process(self, batch, subset=None, with_errors=None):
+    def __call__(self, batch):
         with open(os.environ["CAPFILT_TEST_NODES"], "a") as handle:
             handle.write(f"{ray.get_runtime_context().get_node_id()} {os.getpid()}\n")
         # The tiny models score a batch in milliseconds: once, every shard was committed before the test could
         # remove the node after the first commit. A batch now takes at least this long (20 batches in the job).
         time.sleep(BATCH_SECONDS)
-        return super().process(batch, subset, with_errors)
+        return super().__call__(batch)
 
 
 def wait_for(condition, what: str) -> None:
@@ -75,8 +75,8 @@ def test_node_of_the_model_actor_dies_mid_job(tmp_path, monkeypatch):
         runner.start()
         wait_for(lambda: any(line.startswith("capfilt: ") for line in logs) or result, "the model actor")
         node_b = cluster.add_node(num_cpus=2)
-        wait_for(lambda: list((out / "shards").glob("*.done.json")) or result, "the first commit")
-        committed_before = len(list((out / "shards").glob("*.done.json")))
+        wait_for(lambda: list((out / "shards" / "_done").glob("*.json")) or result, "the first commit")
+        committed_before = len(list((out / "shards" / "_done").glob("*.json")))
         cluster.remove_node(node_a, allow_graceful=False)
         # A machine that dies takes all of its processes with it; the raylet's workers here would live on for a moment
         # and could go on serving the calls already sent to them (seen in CI), so the actor's process goes too.

@@ -28,7 +28,7 @@ from evaluation.suite import SUITE_DIR, load_suite
 from pipelines.config import CapFiltConfig
 from pipelines.export import export_dataset
 from pipelines.ray_runner import run_capfilt
-from pipelines.stage import Sampling
+from models.sampling_config import Sampling
 from shapeworld import evidence
 from shapeworld.build import ensure_world
 from training.job import TrainJob
@@ -47,31 +47,23 @@ class LoopSettings:
     world_size: str = "default"
     seeds: tuple[int, ...] = (0, 1, 2)
     model_size: str = "small"  # models/tiny.py SIZES
+    # Why each default is what it is: RESULTS.md, by section (figures drift; the sections carry them, with dates).
     vision_epochs: float = 12  # the vision encoder's pre-training on the labelled set (the ImageNet role), which every
-    # pre-training starts from: 3,000 steps over 16,000 images. A linear probe on its [CLS] state then tells shape
-    # 99% of the time; on the base model pre-trained from a random ViT for 15 epochs, 87% (RESULTS.md)
+    # pre-training starts from ("The vision encoder pre-trained on labelled images: the ImageNet role")
     vision_lr: float = 2e-3
     compare_from_vision: bool = False  # whether the compared raw and bootstrapped models start from that vision
-    # encoder too (BLIP's way) or from a random one. From it, both reached 97-99% R@1 on the 150 test images after 2
-    # epochs, so retrieval could no longer tell the datasets apart (CIDEr still could: 694 against 539); from a
-    # random one the gap shows on every metric (RESULTS.md)
-    base_epochs: float = 10  # the model the captioner, filter and VQA model are fine-tuned from: 2,500 steps over
-    # the default world's 16,000 web images. From the pre-trained vision encoder its filter beat the one of 15
-    # epochs from a random ViT (96.8% / 98.1% against 92.3% / 90.3% on the validation world, RESULTS.md)
-    pretrain_epochs: float = 2  # each raw and bootstrapped model of the comparison (same steps for both): after 1
-    # epoch the raw models' CIDEr swung with the seed more than the gap; after 2 the worst bootstrapped model beats
-    # the best raw one on every metric, and 3 widen the gap at 1.5x the cost (RESULTS.md)
-    # Fine-tuning runs over the clean set (1,600 images), in as many steps as found over 400 images (10, 15 and 20
-    # epochs there). Each doubling of the clean set, in as many steps, moved the filter's trade-off between clean
-    # captions kept and noise removed: 83.5-84.7% of clean captions kept over 400 images, 91-93% over 800, 94.5-95.6%
-    # over 1,600; and ITM's hard negatives drawn from batches of 128 bought back the noise side (BLIP drew them from
-    # 256 pairs: 32 per GPU, gathered over 8). Judged on a 4,000-sample validation world, filters fine-tuned from
-    # four runs' base models met 90% / 90% in 5 of 6 (base, seed) pairs with 1,600 images at batch 128 (the sixth
-    # removed 89.2% of wrong-shape captions), in 4 of 8 with 800 at batch 64 (benchmarks/filter_sweep.py, RESULTS.md).
+    # encoder too (BLIP's way) or from a random one: from it, retrieval saturates on the test images and no longer
+    # tells the datasets apart (same section)
+    base_epochs: float = 10  # the model the captioner, filter and VQA model are fine-tuned from (same section)
+    pretrain_epochs: float = 2  # each raw and bootstrapped model of the comparison, the same steps for both ("The
+    # loop in one piece on a 2-core AMD EPYC (AVX512-BF16), 2026-11-23: compared models at 2 epochs")
+    # Fine-tuning runs over the clean set (1,600 images) in as many steps as found over 400 images, the filter's ITM
+    # hard negatives drawn from batches of 128 ("A clean set of 1,600 images and the filter's negatives drawn from
+    # batches of 128"; the sweep: "The filter's operating point: a sweep on a validation world").
     caption_epochs: float = 2.5  # longer over-fitted the 400 images
     filter_epochs: float = 7.5
     filter_batch_size: int = 128
-    vqa_epochs: float = 5  # yes/no questions stayed near chance up to 9-12 epochs of 400 images, 95% at 20
+    vqa_epochs: float = 5  # yes/no questions stay near chance for many epochs of 400 images
     tie_text: bool = TrainJob.tie_text  # BLIP's encoder-decoder tie in every pre-training (training/model.py)
     batch_size: int = 64
     pretrain_lr: float = 1e-3
@@ -79,8 +71,8 @@ class LoopSettings:
     filter_lr: float = 5e-4
     vqa_lr: float = 5e-4
     num_captions: int = 2
-    capfilt_batch: int = 64  # images per model call: the small models caption and score 1.9x faster than at the
-    # job's CPU default of 8 (chosen for BLIP-base), with the same outputs (RESULTS.md)
+    capfilt_batch: int = 64  # images per model call: faster than the job's CPU default of 8 (chosen for BLIP-base)
+    # for the small models, with the same outputs ("An earlier run (`runs/group`): the loop in 37 minutes")
     threshold: float = 0.5
     eval_limit: int | None = None
 

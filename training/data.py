@@ -145,11 +145,11 @@ def _decode_into(shard_id: str, samples: list, image_size: int, target, images: 
     if not samples:
         return
     decoded = decode_samples(shard_id, samples, [image_size])
-    for row in decoded["rows"]:
+    for row in decoded.rows:
         if row["status"] != "ok":
             skipped[row["error_type"]] = skipped.get(row["error_type"], 0) + 1
-    images.append(decoded["images"][image_size])
-    targets += [target(samples[position], caption) for position, caption in zip(decoded["ok"], decoded["captions"])]
+    images.append(decoded.images[image_size])
+    targets += [target(samples[position], caption) for position, caption in zip(decoded.ok, decoded.captions)]
 
 
 def _texts(sample, caption: str | None) -> list[str]:
