@@ -199,3 +199,21 @@ def test_fingerprint_functions_for_the_runner(tmp_path):
         handle.seek(3 << 19)
         handle.write(b"x")
     check_inputs_unchanged(recorded)
+
+
+def test_an_export_reads_back_with_webdataset_as_img2dataset_shards_do(run, tmp_path):
+    """The export is what training loaders read: webdataset (without its pickle-capable default decoder) yields
+    every kept sample with its image bytes, its caption text and its metadata JSON."""
+    import json
+
+    import webdataset as wds
+
+    _, out = run
+    target = tmp_path / "export"
+    export_dataset(str(out), str(target), threshold=0.5, **QUIET)
+    tars = sorted(str(p) for p in target.glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))
+    assert len(samples) == SHARDS["00000"][0] + SHARDS["00002"][0]  # 00001's captions all score below 0.5
+    for sample in samples:
+        assert sample["png"][:8] == b"\x89PNG\r\n\x1a\n" and sample["txt"].decode().strip()  # the source images
+        assert isinstance(json.loads(sample["json"]), dict)
