@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -50,7 +51,21 @@ def head(tmp_path_factory):
     assert (home / ".ray" / "auth_token").read_text().strip() == token
     with running_head(env) as (url, gcs, log):
         assert "Token authentication is enabled for this Ray cluster" in log.read_text()  # Ray's default with a token
+        wait_for_the_job_api(url, fresh_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
         yield SimpleNamespace(url=url, gcs=gcs, home=home, token=token)
+
+
+def wait_for_the_job_api(url: str, env: dict, seconds: float = 120) -> None:
+    """The dashboard answers /api/version before its job module is up; on a loaded machine a first `ray job submit`
+    could have its connection reset. Wait until an authorised `ray job list` answers."""
+    deadline = time.monotonic() + seconds
+    while True:
+        listing = subprocess.run([str(RAY), "job", "list", "--address", url], env=env, capture_output=True, text=True,
+                                 timeout=60)
+        if listing.returncode == 0:
+            return
+        assert time.monotonic() < deadline, "the head's job API did not come up:\n" + listing.stderr[-2000:]
+        time.sleep(1)
 
 
 @pytest.mark.parametrize("client, refusal", [
