@@ -96,8 +96,10 @@ class CrossAttention(BlipTextSelfAttention):
                                "block's (one state per image, no mask)")
         if self not in shared.memo:  # projected once per image; gathered per row once, unless grouped
             shape = (*shared.states.shape[:-1], -1, self.attention_head_size)
-            key = self.key(shared.states).view(shape).transpose(1, 2)
-            value = self.value(shared.states).view(shape).transpose(1, 2)
+            # contiguous (images, heads, tokens, size), as transformers' cache holds them: every decoding step reads
+            # them, and strided copies made the steps slower (BENCHMARKS.md, "Re-measured after the patches...")
+            key = self.key(shared.states).view(shape).transpose(1, 2).contiguous()
+            value = self.value(shared.states).view(shape).transpose(1, 2).contiguous()
             if not shared.group:
                 key, value = key.index_select(0, shared.rows), value.index_select(0, shared.rows)
             shared.memo[self] = key, value
