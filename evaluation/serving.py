@@ -7,7 +7,6 @@ batches at the role's input size.
 """
 from __future__ import annotations
 
-import os
 
 from collections.abc import Sequence
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from evaluation.calls import Method
-from models.device import DeviceError
+from models.device import DeviceError, set_threads
 from models.inference import ROLES
 from models.loading import ModelLoadError
 
@@ -25,9 +24,7 @@ class RoleServer:
 
     def __init__(self, name: str, task: str, device: str = "auto", precision: str = "auto",
                  threads: int | None = None):
-        if threads or not str(device).startswith("cuda"):
-            # every core of this node by default: Ray sets a CPU actor's torch threads to its CPU share
-            torch.set_num_threads(threads or os.cpu_count())
+        set_threads(threads, device)
         self.error = None
         self.role = None
         self.image_states: dict[int, torch.Tensor] = {}  # retrieval: vision states by image index, for the ITM rerank

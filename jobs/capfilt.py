@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None, prog: str = "jobs/capfilt.py") -> int:
             args.overwrite = True
             print(f"demo: {len(shards)} shards of shape-world scenes with web-like captions in {workdir / 'shards'}")
         config = config_from(args)
-        config.check()  # settings, model names, locations: a typo answers before torch or Ray is imported
+        shards = config.check()  # settings, model names, locations: a typo answers before torch or Ray is imported
         from pipelines.ray_runner import run_capfilt  # ray and torch are imported only when a job really runs
 
-        run_capfilt(config)
+        run_capfilt(config, shards=shards)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

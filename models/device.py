@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 
 import torch
@@ -47,6 +48,13 @@ def cpu_description() -> str:
     """torch's CPU capability and the bf16 support that decides the CPU paths, for logs and benchmarks."""
     return (f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if cpu_has_fast_bf16() else 'no'}, "
             f"oneDNN bf16 {'yes' if cpu_bf16_kernels() else 'no'}")
+
+
+def set_threads(threads: int | None, device: str) -> None:
+    """Torch threads of a model process: `threads`, else every core of this node off CUDA (Ray sets a CPU actor's
+    torch threads to its CPU share, which would leave the cores of a 2-CPU node half idle)."""
+    if threads or not str(device).startswith("cuda"):
+        torch.set_num_threads(threads or os.cpu_count())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -96,13 +96,15 @@ def plan_resources(cpus: float, gpus: int, n_actors: int) -> dict:
             "decode_workers": max(1, int(free // decode_cpus))}
 
 
-def run_capfilt(config: CapFiltConfig, log=print, actor_class: type = None, on_event=None) -> dict:
+def run_capfilt(config: CapFiltConfig, log=print, actor_class: type = None, on_event=None,
+                shards: list | None = None) -> dict:
     """Run CapFilt over config.input into config.output on Ray; returns the summary it prints at the end.
 
     `on_event` receives the progress events (pipelines/progress.py), `log` their lines. `actor_class` (a ModelActor
-    subclass) lets the reliability tests inject crashes; the job never sets it.
+    subclass) lets the reliability tests inject crashes; the job never sets it. `shards`: the input shards, when
+    `config.check()` has already listed them.
     """
-    shards, out = prepare(config)
+    shards, out = prepare(config, shards)
     connect()
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))

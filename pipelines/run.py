@@ -13,9 +13,11 @@ from schemas.capfilt import RUN_FILE
 DEFAULT_GPU_BATCH, DEFAULT_CPU_BATCH = 64, 8  # images per model call (BENCHMARKS.md: batch sizes on CPUs)
 
 
-def prepare(config: CapFiltConfig) -> tuple[list[Shard], RunDir]:
-    """Everything that can be checked before a model loads (CapFiltConfig.check); the input shards and the output."""
-    return config.check(), RunDir(config.output)
+def prepare(config: CapFiltConfig, shards: list[Shard] | None = None) -> tuple[list[Shard], RunDir]:
+    """Everything that can be checked before a model loads (CapFiltConfig.check); the input shards and the output.
+    `shards`: what an earlier `config.check()` returned (the job checks before importing torch or Ray), so the
+    inputs are not listed twice."""
+    return (config.check() if shards is None else shards), RunDir(config.output)
 
 
 def open_run(config: CapFiltConfig, shards: list[Shard], out: RunDir, info: dict) -> list[Shard]:

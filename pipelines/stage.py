@@ -1,11 +1,8 @@
 """The CapFilt model stage: captioner then filter over one decoded batch. Plain Python; the wiring wraps it in a Ray actor."""
 from __future__ import annotations
 
-import os
-
-import torch
-
 from models.captioner import Captioner
+from models.device import set_threads
 from models.matcher import Matcher
 from models.patches import Kernels
 from models.sampling_config import Sampling
@@ -20,9 +17,7 @@ class CapFiltStage:
 
     def __init__(self, captioner: str, filter: str, sampling: Sampling = Sampling(), device: str = "auto",
                  precision: str = "auto", threads: int | None = None, kernels: Kernels = Kernels()):
-        if threads or not str(device).startswith("cuda"):
-            # every core of this node by default: Ray sets a CPU actor's torch threads to its CPU share
-            torch.set_num_threads(threads or os.cpu_count())
+        set_threads(threads, device)
         self.sampling = sampling
         self.captioner = Captioner.load(captioner, device=device, precision=precision, kernels=kernels)
         self.filter = Matcher.load(filter, device=device, precision=precision, kernels=kernels)
