@@ -15,7 +15,7 @@ import torch
 
 from evaluation.calls import Method
 from models.device import DeviceError, set_threads
-from models.inference import ROLES
+from models.inference import load_role
 from models.loading import ModelLoadError
 
 
@@ -30,7 +30,7 @@ class RoleServer:
         self.image_states: dict[int, torch.Tensor] = {}  # retrieval: vision states by image index, for the ITM rerank
         self.candidates: list[str] | None = None
         try:
-            self.role = ROLES[task].load(name, device=device, precision=precision)
+            self.role = load_role(name, task, device=device, precision=precision)
         except (ModelLoadError, DeviceError) as exc:
             self.error = str(exc)
 

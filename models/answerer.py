@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from models.base import Role
+from models.base import BlipRole
 
 QUESTION_MAX_LENGTH = 35
 # BLIP scores a candidate answer by minus its decoder loss, and that loss is label-smoothed (0.1 in BLIP's med.py);
@@ -13,7 +13,7 @@ QUESTION_MAX_LENGTH = 35
 RANK_LABEL_SMOOTHING = 0.1
 
 
-class Answerer(Role):
+class Answerer(BlipRole):
     task = "vqa"
 
     @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""What every BLIP role shares: a checkpoint placed on a device, image normalisation, token helpers."""
+"""What every role shares (`Role`: a checkpoint placed on a device, its precision, image normalisation, token
+helpers) and what BLIP's roles add (`BlipRole`: BLIP's [DEC] / [SEP] / [ENC] token conventions)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,19 +13,32 @@ from models.loading import Checkpoint, ModelLoadError, load_checkpoint
 from models.patches import Kernels, choose_kernels, pack_linear_weights
 
 
+def keep_fp32(model: torch.nn.Module) -> None:
+    """Return to fp32 what the model's class keeps there (BLIP-2's Q-Former and query tokens, as transformers'
+    `from_pretrained(dtype=bfloat16)` does: their layer norms and softmax stay fp32; autocast runs their matmuls in
+    bf16)."""
+    for name in getattr(model, "_keep_in_fp32_modules", None) or ():
+        part = getattr(model, name, None)
+        if isinstance(part, torch.nn.Parameter):
+            part.data = part.data.float()
+        elif isinstance(part, torch.nn.Module):
+            part.float()
+
+
 class Role:
-    """Base of Captioner, Matcher and Answerer. Construct from a checkpoint or with `Role.load(name)`."""
+    """A model in one role (captioner, filter, answerer, scorer) of one family. Construct from a checkpoint or with
+    `Role.load(name)`; `image_size` runs the vision encoder at another size than its checkpoint's, its position
+    embeddings interpolated (as a protocol such as LAVIS's 364 px BLIP-2 captioning asks)."""
 
     task: str = ""
+    family: str = "blip"
 
     def __init__(self, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto",
-                 kernels: Kernels = Kernels()):
+                 kernels: Kernels = Kernels(), image_size: int | None = None):
         if checkpoint.task != self.task:
             raise ModelLoadError(f"{checkpoint.spec.name!r} is a {checkpoint.task} model, not a {self.task} model")
-        if checkpoint.family != "blip":
-            raise ModelLoadError(
-                f"{checkpoint.spec.name!r} is a {checkpoint.family} model; capfilt's {self.task} role runs BLIP models only so far"
-            )
+        if checkpoint.family != self.family:
+            raise ModelLoadError(f"{checkpoint.spec.name!r} is a {checkpoint.family} model, not a {self.family} one")
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -33,29 +47,31 @@ class Role:
             # Weights cast once: autocast would re-cast every weight at every decoding step (1.4x slower
             # generation measured on this CPU). Inputs are cast by the autocast context around each forward.
             self.model = self.model.to(torch.bfloat16)
+            keep_fp32(self.model)
             if self.device.type == "cpu" and kernels.packed_weights:
                 pack_linear_weights(self.model)
         choose_kernels(self.model, kernels)
         self.tokenizer = checkpoint.tokenizer
-        self.image_size = checkpoint.image_size
+        self.native_image_size = checkpoint.image_size
+        self.image_size = int(image_size or checkpoint.image_size)
         self._mean = torch.tensor(checkpoint.image_mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(checkpoint.image_std, device=self.device).view(1, 3, 1, 1) * 255.0
-        text = self.model.config.text_config
-        self.bos_id = text.bos_token_id  # [DEC]
-        self.sep_id = text.sep_token_id  # [SEP], the decoder's eos
-        self.pad_id = text.pad_token_id
-        self.enc_id = self._enc_token_id()
 
     @classmethod
-    def load(cls, name: str, device: str = "auto", precision: str = "auto", kernels: Kernels = Kernels()):
-        return cls(load_checkpoint(name, task=cls.task), device=device, precision=precision, kernels=kernels)
+    def load(cls, name: str, device: str = "auto", precision: str = "auto", kernels: Kernels = Kernels(),
+             image_size: int | None = None):
+        return cls(load_checkpoint(name, task=cls.task), device=device, precision=precision, kernels=kernels,
+                   image_size=image_size)
 
-    def _enc_token_id(self) -> int:
-        # BLIP's [ENC] follows [DEC] in the vocabulary (30523 after 30522); some tokenizers do not name it.
-        found = self.tokenizer.convert_tokens_to_ids("[ENC]")
-        if found is not None and found != self.tokenizer.unk_token_id:
-            return int(found)
-        return int(self.bos_id) + 1
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the role's image-text embeddings (filters and scorers)."""
+        config = self.model.config
+        return int(getattr(config, "image_text_hidden_size", None) or config.projection_dim)
+
+    def vision_weights(self) -> dict[str, torch.Tensor]:
+        """The vision encoder's weights, to compare with another role's (equal weights: one vision pass for both)."""
+        return self.model.vision_model.state_dict()
 
     def autocast(self):
         return autocast(self.device, self.precision)
@@ -81,7 +97,8 @@ class Role:
     def encode_images(self, images) -> torch.Tensor:
         """One vision-transformer pass: (B, patches + 1, hidden)."""
         with self.autocast():
-            return self.model.vision_model(pixel_values=self.pixel_values(images))[0]
+            return self.model.vision_model(pixel_values=self.pixel_values(images),
+                                           interpolate_pos_encoding=self.image_size != self.native_image_size)[0]
 
     def tokenize(self, texts: Sequence[str], max_length: int, first_token: int | None = None):
         """Padded token ids and mask on the device; `first_token` replaces [CLS] (BLIP's [ENC] / [DEC] convention)."""
@@ -95,3 +112,23 @@ class Role:
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+class BlipRole(Role):
+    """Base of BLIP's Captioner, Matcher and Answerer: BERT's tokenizer with [DEC] as the decoder's start, [SEP] as
+    its end and [ENC] first for the image-grounded encoder."""
+
+    def __init__(self, checkpoint: Checkpoint, **kwargs):
+        super().__init__(checkpoint, **kwargs)
+        text = self.model.config.text_config
+        self.bos_id = text.bos_token_id  # [DEC]
+        self.sep_id = text.sep_token_id  # [SEP], the decoder's eos
+        self.pad_id = text.pad_token_id
+        self.enc_id = self._enc_token_id()
+
+    def _enc_token_id(self) -> int:
+        # BLIP's [ENC] follows [DEC] in the vocabulary (30523 after 30522); some tokenizers do not name it.
+        found = self.tokenizer.convert_tokens_to_ids("[ENC]")
+        if found is not None and found != self.tokenizer.unk_token_id:
+            return int(found)
+        return int(self.bos_id) + 1

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessorList
 
-from models.base import Role
+from models.base import BlipRole
 from models.patches import shared_image_rows
 from models.sampling import SeededNucleus, derive_seed, row_uniforms
 from models.sampling_config import DEFAULT, PROMPT
@@ -15,8 +15,9 @@ from models.sampling_config import DEFAULT, PROMPT
 __all__ = ["PROMPT", "Captioner"]
 
 
-class Captioner(Role):
+class Captioner(BlipRole):
     task = "caption"
+    default_prompt = PROMPT
 
     def prompt_ids(self, prompt: str, rows: int) -> torch.Tensor:
         # [DEC] + prompt tokens, without the trailing [SEP]: BLIP's decoder input (transformers' generate would
@@ -54,9 +55,10 @@ class Captioner(Role):
                               min_length=min_length, repetition_penalty=repetition_penalty, do_sample=False)
 
     def sample(self, images, sample_ids: Sequence[str], seed: int = DEFAULT.seed,
-               num_captions: int = DEFAULT.num_captions, prompt: str = DEFAULT.prompt, top_p: float = DEFAULT.top_p,
+               num_captions: int = DEFAULT.num_captions, prompt: str | None = None, top_p: float = DEFAULT.top_p,
                top_k: int = DEFAULT.top_k, repetition_penalty: float = DEFAULT.repetition_penalty,
-               max_length: int = DEFAULT.max_length, min_length: int = DEFAULT.min_length) -> list[list[str]]:
+               max_length: int = DEFAULT.max_length, min_length: int = DEFAULT.min_length,
+               image_states: torch.Tensor | None = None) -> list[list[str]]:
         """CapFilt's synthetic captions: `num_captions` nucleus samples per image (defaults: models.sampling_config).
 
         Caption j of a sample depends only on (seed, sample id, j) and the model: not on the batch, its size or order.
@@ -66,7 +68,9 @@ class Captioner(Role):
             raise ValueError(f"{len(images)} images but {len(sample_ids)} sample ids")
         if num_captions < 1:
             raise ValueError("num_captions must be at least 1")
-        image_embeds = self.encode_images(images)  # once per image: the N rows share its states and keys/values
+        prompt = PROMPT if prompt is None else prompt
+        # once per image (or given): the N rows share its states and keys/values
+        image_embeds = self.encode_images(images) if image_states is None else image_states
         rows = torch.arange(len(sample_ids), device=self.device).repeat_interleave(num_captions)
         prompt_length = self.prompt_ids(prompt, 1).shape[1]
         seeds = [derive_seed(seed, sid, j) for sid in sample_ids for j in range(num_captions)]

@@ -13,21 +13,24 @@ from pathlib import Path
 import torch
 import transformers
 
-from models import tiny
+from models import tiny, tiny_blip2, tiny_clip
 from models.names import ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, resolve, zoo_entry
 from models.patches import patch_blip
 
 __all__ = ["ARCHITECTURES", "ZOO_FILE", "Checkpoint", "ModelLoadError", "ModelSpec", "list_models", "load_checkpoint",
            "resolve", "zoo_entry"]
 
-# The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares.
+# The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares: the family
+# and the tasks the class serves (the first one unless the zoo or the caller names another).
 ARCHITECTURES = {
-    "BlipForConditionalGeneration": ("blip", "caption"),
-    "BlipForImageTextRetrieval": ("blip", "retrieval"),
-    "BlipForQuestionAnswering": ("blip", "vqa"),
-    "Blip2ForConditionalGeneration": ("blip2", "caption"),
-    "Blip2ForImageTextRetrieval": ("blip2", "retrieval"),
+    "BlipForConditionalGeneration": ("blip", ("caption",)),
+    "BlipForImageTextRetrieval": ("blip", ("retrieval",)),
+    "BlipForQuestionAnswering": ("blip", ("vqa",)),
+    "Blip2ForConditionalGeneration": ("blip2", ("caption", "vqa")),  # one checkpoint captions and answers
+    "Blip2ForImageTextRetrieval": ("blip2", ("retrieval",)),
+    "CLIPModel": ("clip", ("similarity",)),
 }
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
 # BLIP's transform: CLIP's normalisation statistics (used when a checkpoint has no preprocessor_config.json).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,16 +60,28 @@ def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
     """Load `name` (zoo name, directory or hub id); `task`, when given, must match what the checkpoint is."""
     spec = check_model(name, task)
     if spec.kind in ("tiny", "random"):
-        shape = "tiny" if spec.kind == "tiny" else "base"
-        model, tokenizer = tiny.build_tiny(spec.task, seed=int(spec.location), size=shape)
-        patch_blip(model)
-        size = model.config.vision_config.image_size
-        return Checkpoint(spec, "blip", spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD,
-                          f"{shape}-random-seed{spec.location}")
+        return _build_random(spec)
     directory, fingerprint = _fetch(spec) if spec.kind == "hub" else (Path(spec.location), None)
     if not directory.is_dir():
         raise ModelLoadError(f"{name!r}: its directory {str(directory)!r} does not exist")
     return _load_directory(spec, directory, task, fingerprint)
+
+
+def _build_random(spec: ModelSpec) -> Checkpoint:
+    """A zoo model built offline with deterministic random weights; location "SEED" or "SEED:VARIANT" (the
+    language model of a BLIP-2 captioner: opt or t5)."""
+    seed, _, variant = spec.location.partition(":")
+    shape = "tiny" if spec.kind == "tiny" else {"blip": "base", "blip2": "vitg"}[spec.family]
+    if spec.family == "blip":
+        model, tokenizer = tiny.build_tiny(spec.task, seed=int(seed), size=shape)
+        patch_blip(model)
+    elif spec.family == "blip2":
+        model, tokenizer = tiny_blip2.build_tiny_blip2(spec.task, seed=int(seed), lm=variant or "opt", size=shape)
+    else:
+        model, tokenizer = tiny_clip.build_tiny_clip(seed=int(seed))
+    size = model.config.vision_config.image_size
+    return Checkpoint(spec, spec.family, spec.task, model, tokenizer, size, CLIP_MEAN, CLIP_STD,
+                      f"{shape}-random-seed{spec.location}")
 
 
 def _fetch(spec: ModelSpec) -> tuple[Path, str]:
@@ -108,11 +123,14 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
         raise ModelLoadError(
             f"{str(directory)!r} is a {architectures or config.get('model_type')} model; capfilt runs {', '.join(ARCHITECTURES)}"
         )
-    family, found_task = ARCHITECTURES[known[0]]
-    if task is not None and found_task != task:
-        raise ModelLoadError(f"{spec.name!r} is a {found_task} model ({known[0]}), but a {task} model is needed here")
-    if not any((directory / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
-        raise ModelLoadError(f"{str(directory)!r} has no tokenizer (tokenizer.json or vocab.txt) beside its weights")
+    family, tasks = ARCHITECTURES[known[0]]
+    wanted = task or spec.task or tasks[0]
+    if wanted not in tasks:
+        raise ModelLoadError(f"{spec.name!r} is a {' / '.join(tasks)} model ({known[0]}), but a {wanted} model is "
+                             "needed here")
+    found_task = wanted
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{str(directory)!r} has no tokenizer ({', '.join(TOKENIZER_FILES)}) beside its weights")
     model_class = getattr(transformers, known[0])
     try:
         transformers.utils.logging.disable_progress_bar()  # capfilt reports its own progress; no bar per actor
@@ -121,6 +139,10 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; the user needs one sentence
         raise ModelLoadError(f"cannot load {str(directory)!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
     patch_blip(model)
+    if family == "blip2" and found_task != "retrieval" and getattr(model.config, "image_token_index", None) is None:
+        raise ModelLoadError(f"{str(directory)!r}: its config has no image_token_index (a BLIP-2 checkpoint saved "
+                             "before transformers placed the 32 query embeddings at <image> tokens); take the hub's "
+                             "current revision of it")
     text_vocab = getattr(getattr(model.config, "text_config", None), "vocab_size", None)
     if family == "blip" and text_vocab and len(tokenizer) > text_vocab:
         raise ModelLoadError(f"{str(directory)!r}: the tokenizer has {len(tokenizer)} tokens but the model only {text_vocab}")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.base import Role
+from models.base import BlipRole
 from models.patches import shared_image_rows
 
 TEXT_MAX_LENGTH = 35  # BLIP's retrieval / filter text length
@@ -25,13 +25,13 @@ class MatchScores:
     image_index: np.ndarray  # (T,) int64
 
 
-class Matcher(Role):
+class Matcher(BlipRole):
     task = "retrieval"
 
     @torch.inference_mode()
-    def image_features(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vision states for ITM, normalised image embeddings for ITC) from one vision pass."""
-        states = self.encode_images(images)
+    def image_features(self, images, image_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vision states for ITM, normalised image embeddings for ITC) from one vision pass (or the states given)."""
+        states = self.encode_images(images) if image_states is None else image_states
         with self.autocast():
             embedding = self.model.vision_proj(states[:, 0, :])
         return states, F.normalize(embedding.float(), dim=-1)
@@ -63,13 +63,13 @@ class Matcher(Role):
             logits = self.model.itm_head(states[:, 0, :]).float()
         return logits[:, 1] if logit else torch.softmax(logits, dim=-1)[:, 1]
 
-    def score(self, images, texts: Sequence[Sequence[str]]) -> MatchScores:
+    def score(self, images, texts: Sequence[Sequence[str]], image_states: torch.Tensor | None = None) -> MatchScores:
         """Score texts[i] (any number, possibly none) against images[i]; the vision encoder runs once per image."""
         if len(texts) != len(images):
             raise ValueError(f"{len(images)} images but {len(texts)} lists of texts")
         image_index = np.fromiter((i for i, group in enumerate(texts) for _ in group), dtype=np.int64)
         flat = [text for group in texts for text in group]
-        states, image_embeddings = self.image_features(images)
+        states, image_embeddings = self.image_features(images, image_states)
         dim = image_embeddings.shape[-1]
         if not flat:
             empty = np.zeros(0, dtype=np.float32)

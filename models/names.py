@@ -32,8 +32,8 @@ class ModelSpec:
     """Where a model name points, before anything is loaded."""
 
     name: str
-    family: str | None  # blip | blip2; None until a config is read
-    task: str | None  # caption | retrieval | vqa | nlvr | grounding; None until a config is read
+    family: str | None  # blip | blip2 | clip; None until a config is read
+    task: str | None  # caption | retrieval | vqa | similarity | nlvr | grounding; None until a config is read
     kind: str  # tiny | random | hub | dir | unavailable
     location: str  # tiny seed, repo id[@revision], directory, or the reason it is unavailable
 

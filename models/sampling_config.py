@@ -19,9 +19,9 @@ class Sampling:
     top_p: float = 0.9
     top_k: int = 50  # transformers' sampling default, which BLIP's sampling ran with
     repetition_penalty: float = 1.1
-    max_length: int = 30  # tokens, counting [DEC] and the prompt, as BLIP counts them
+    max_length: int = 30  # tokens, counting the start token ([DEC], or BLIP-2's) and the prompt, as BLIP counts them
     min_length: int = 10
-    prompt: str = PROMPT
+    prompt: str | None = None  # None: the captioner's own (BLIP's PROMPT, BLIP-2's "a photo of")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -112,3 +112,25 @@ def build_tiny(task: str, seed: int = 0, image_size: int | None = None, size: st
             if "vision_model" in name and param.dim() > 1:
                 torch.nn.init.normal_(param, std=std)
     return model.eval(), tokenizer
+
+
+def byte_level_tokenizer(special_tokens: list[str], template: str, vocab_size: int = 400, lowercase: bool = False,
+                         **names: str):
+    """A byte-level BPE tokenizer trained on the tiny vocabulary's words (deterministic: the same tokens every
+    time), the kind OPT and CLIP use. `template` places the special tokens around a text (tokenizers'
+    TemplateProcessing, e.g. "</s> $A"); `names` are the roles of the special tokens (bos_token=..., pad_token=...)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(WORDS)] * 3 + WORDS + ["\n"], trainer)
+    used = [t for t in special_tokens if t in template]
+    tok.post_processor = processors.TemplateProcessing(single=template,
+                                                       special_tokens=[(t, tok.token_to_id(t)) for t in used])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **names)

@@ -68,14 +68,15 @@ def test_every_zoo_entry_resolves(name):
     """Every zoo entry resolves to a random-weight seed (tiny or base size), a hub repo id (org/name), a checkpoint
     shipped in models/checkpoints, or an unavailable note, with its task."""
     spec = resolve(name)
-    assert spec.name == name and spec.task and spec.family in ("blip", "blip2")
+    assert spec.name == name and spec.task and spec.family in ("blip", "blip2", "clip")
     assert spec.kind in ("tiny", "random", "hub", "dir", "unavailable")
     if spec.kind == "dir":
         assert (Path(spec.location) / "config.json").is_file() and "models/checkpoints" in spec.location
     if spec.kind == "hub":
         assert spec.location.count("/") == 1
     if spec.kind in ("tiny", "random"):
-        assert spec.location.isdigit()
+        seed, _, variant = spec.location.partition(":")
+        assert seed.isdigit() and variant in ("", "t5")
 
 
 # ---------------------------------------------------------------- resolve

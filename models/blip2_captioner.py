@@ -1,0 +1,147 @@
+"""BLIP-2's generating roles, on OPT or Flan-T5 (transformers' `Blip2ForConditionalGeneration`): beam captions and
+seeded nucleus samples (`Blip2Captioner`), zero-shot VQA (`Blip2Answerer`).
+
+The language model's input is laid out as transformers' Blip2Processor lays it out: the checkpoint's <image> token
+once per query (32), then the tokenized text (OPT: </s> first, padded on the left; T5: </s> last, padded on the
+right); the Q-Former's projected query outputs replace the <image> embeddings. Generation then runs on the language
+model itself, so a caller can start from vision states computed once (`image_states=`) and share them with a filter.
+Lengths of the beam protocols count new tokens (`max_new_tokens`, `min_new_tokens`); CapFilt's sampling lengths
+count the start token and the prompt, as BLIP's do (models.sampling_config).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import LogitsProcessorList
+
+from models.base import Role
+from models.sampling import SeededNucleus, derive_seed, row_uniforms
+from models.sampling_config import DEFAULT
+
+CAPTION_PROMPT = "a photo of"  # BLIP-2's captioning prompt (the toolbox's and LAVIS's)
+VQA_PROMPT = "Question: {} Answer:"  # the toolbox's; LAVIS evaluates with "Question: {} Short answer:"
+
+
+class Blip2Generator(Role):
+    """What captioning and answering share: query embeddings from vision states, the language model's input, and
+    generation on the language model."""
+
+    family = "blip2"
+
+    def __init__(self, checkpoint, **kwargs):
+        super().__init__(checkpoint, **kwargs)
+        config = self.model.config
+        self.decoder_only = bool(config.use_decoder_only_language_model)
+        self.queries = int(config.num_query_tokens)
+        self.image_token = int(config.image_token_index)
+        self.tokenizer.padding_side = "left" if self.decoder_only else "right"
+        text = config.text_config
+        self.pad_id = text.pad_token_id
+        if self.decoder_only:  # OPT ends a caption at its newline token (50118 in OPT's vocabulary), as LAVIS does
+            self.eos_id = self.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+        else:
+            self.eos_id = text.eos_token_id
+
+    @torch.inference_mode()
+    def query_embeds(self, image_states: torch.Tensor) -> torch.Tensor:
+        """(B, queries, language model width): the Q-Former's query outputs over the images, projected."""
+        mask = torch.ones(image_states.shape[:-1], dtype=torch.long, device=self.device)
+        with self.autocast():
+            queries = self.model.query_tokens.expand(image_states.shape[0], -1, -1)
+            out = self.model.qformer(query_embeds=queries, encoder_hidden_states=image_states,
+                                     encoder_attention_mask=mask, return_dict=True).last_hidden_state
+            return self.model.language_projection(out.to(image_states.dtype))
+
+    def input_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blip2Processor's layout: <image> x queries, then the tokenized texts (padded as the model family wants)."""
+        encoded = self.tokenizer(list(texts), padding="longest", return_tensors="pt")
+        images = torch.full((len(texts), self.queries), self.image_token, dtype=torch.long)
+        ids = torch.cat([images, encoded["input_ids"]], dim=1).to(self.device)
+        mask = torch.cat([torch.ones_like(images), encoded["attention_mask"]], dim=1).to(self.device)
+        return ids, mask
+
+    @torch.inference_mode()
+    def generate(self, query: torch.Tensor, texts: Sequence[str], rows: torch.Tensor | None = None,
+                 **kwargs) -> list[str]:
+        """One output per text; text r reads query[rows[r]] (default: query[r])."""
+        ids, mask = self.input_ids(texts)
+        rows = torch.arange(len(texts), device=self.device) if rows is None else rows
+        language_model = self.model.language_model
+        with self.autocast():
+            embeds = language_model.get_input_embeddings()(ids)
+            image = (ids == self.image_token).unsqueeze(-1)
+            embeds = embeds.masked_scatter(image, query[rows].to(embeds.dtype))
+            inputs = {"inputs_embeds": embeds, "attention_mask": mask}
+            if self.decoder_only:  # the output then starts with the input, as in Blip2ForConditionalGeneration
+                inputs["input_ids"] = ids
+            out = language_model.generate(**inputs, eos_token_id=self.eos_id, pad_token_id=self.pad_id, **kwargs)
+        return self.decode(out[:, ids.shape[1]:] if self.decoder_only else out)
+
+    def start_length(self, prompt: str) -> int:
+        """The start token and the prompt's tokens: what CapFilt's sampling lengths count before new tokens."""
+        return 1 + len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+class Blip2Captioner(Blip2Generator):
+    task = "caption"
+    default_prompt = CAPTION_PROMPT
+
+    def caption(self, images, prompt: str = CAPTION_PROMPT, num_beams: int = 5, max_new_tokens: int = 30,
+                min_new_tokens: int = 1, length_penalty: float = 1.0, repetition_penalty: float = 1.0,
+                image_states: torch.Tensor | None = None) -> list[str]:
+        """The toolbox's BLIP-2 protocol (beam 5, up to 30 new tokens, at least 1); LAVIS's COCO evaluation is
+        min_new_tokens=8 at 364 px. The prompt is not part of the returned caption."""
+        states = self.encode_images(images) if image_states is None else image_states
+        query = self.query_embeds(states)
+        return self.generate(query, [prompt] * query.shape[0], num_beams=num_beams, max_new_tokens=max_new_tokens,
+                             min_new_tokens=min_new_tokens, length_penalty=length_penalty,
+                             repetition_penalty=repetition_penalty, do_sample=False)
+
+    def sample(self, images, sample_ids: Sequence[str], seed: int = DEFAULT.seed,
+               num_captions: int = DEFAULT.num_captions, prompt: str | None = None, top_p: float = DEFAULT.top_p,
+               top_k: int = DEFAULT.top_k, repetition_penalty: float = DEFAULT.repetition_penalty,
+               max_length: int = DEFAULT.max_length, min_length: int = DEFAULT.min_length,
+               image_states: torch.Tensor | None = None) -> list[list[str]]:
+        """CapFilt's synthetic captions, as BLIP's Captioner.sample: caption j of a sample depends only on
+        (seed, sample id, j) and the model. Lengths count the start token and the prompt."""
+        if len(sample_ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sample_ids)} sample ids")
+        if num_captions < 1:
+            raise ValueError("num_captions must be at least 1")
+        prompt = CAPTION_PROMPT if prompt is None else prompt
+        start = self.start_length(prompt)
+        if max_length <= start:
+            raise ValueError(f"max_length {max_length} leaves no new token after the prompt ({start} tokens)")
+        states = self.encode_images(images) if image_states is None else image_states
+        query = self.query_embeds(states)  # once per image; its N rows read it
+        rows = torch.arange(len(sample_ids), device=self.device).repeat_interleave(num_captions)
+        seeds = [derive_seed(seed, sid, j) for sid in sample_ids for j in range(num_captions)]
+        # The processor sees the whole input (the <image> tokens, the start token and the prompt) before new tokens.
+        prefix = self.queries + len(self.tokenizer(prompt)["input_ids"]) if self.decoder_only else 1
+        nucleus = SeededNucleus(row_uniforms(seeds, max_length), prefix, top_p=top_p, top_k=top_k)
+        texts = self.generate(query, [prompt] * len(rows), rows=rows, do_sample=False, num_beams=1,
+                              max_new_tokens=max_length - start, min_new_tokens=max(0, min_length - start),
+                              repetition_penalty=repetition_penalty, logits_processor=LogitsProcessorList([nucleus]))
+        return [texts[i * num_captions:(i + 1) * num_captions] for i in range(len(sample_ids))]
+
+
+class Blip2Answerer(Blip2Generator):
+    task = "vqa"
+
+    def answer(self, images, questions: Sequence[str], prompt: str = VQA_PROMPT, num_beams: int = 5,
+               max_new_tokens: int = 10, min_new_tokens: int = 1, length_penalty: float = -1.0,
+               image_states: torch.Tensor | None = None) -> list[str]:
+        """BLIP-2's zero-shot VQA: the question in the prompt, beam 5, up to 10 new tokens, length penalty -1
+        (short answers); the answers are normalised by the VQA metric as BLIP's are."""
+        if len(questions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        states = self.encode_images(images) if image_states is None else image_states
+        query = self.query_embeds(states)
+        return self.generate(query, [prompt.format(q) for q in questions], num_beams=num_beams,
+                             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                             length_penalty=length_penalty, do_sample=False)
+
+    def rank(self, *args, **kwargs):
+        raise ValueError("BLIP-2 answers VQA by generation (protocol mode: generate); ranking over an answer list is "
+                         "BLIP's protocol")
