@@ -79,7 +79,7 @@ def make_shards(directory: Path, shards: int, per_shard: int) -> list[Path]:
 
 
 def prompt_length(stage: CapFiltStage) -> int:
-    return stage.captioner.prompt_ids("a picture of ", 1).shape[1]
+    return stage.captioner.prompt_ids(stage.prompt, 1).shape[1]
 
 
 def sampling(prompt_len: int, num_captions: int) -> Sampling:
@@ -186,7 +186,7 @@ def naive_seconds_per_image(captioner: str, filter_name: str, images: list[np.nd
 
     cap = Captioner.load(captioner, precision="fp32")
     itm = Matcher.load(filter_name, precision="fp32")
-    prompt = cap.tokenizer(Sampling().prompt, return_tensors="pt")["input_ids"]
+    prompt = cap.tokenizer(cap.default_prompt, return_tensors="pt")["input_ids"]
     start = time.perf_counter()
     with torch.inference_mode():
         for array, web in zip(images, captions):
