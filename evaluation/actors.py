@@ -55,9 +55,9 @@ class RolePool:
         return ray.get([actor.call.remote(self.role, method, *args) for actor in self.actors])
 
 
-def start_pools(models: dict[str, tuple[str, str]], device: str = "auto", precision: str = "auto",
+def start_pools(models: dict[str, tuple], device: str = "auto", precision: str = "auto",
                 threads: int | None = None) -> dict[str, RolePool]:
-    """Start the model actors: {role: (model name, model task)} -> {role: RolePool}.
+    """Start the model actors: {role: (model name, model task[, image size or None])} -> {role: RolePool}.
 
     A model that cannot be loaded stops the actors and raises ModelLoadError with the model's own reason.
     """

@@ -1,7 +1,7 @@
 """Running a suite: plan the tasks, read their data, start the model actors, run each task, record the history.
 
 Everything a model cannot run is decided before any model loads: a task whose model does not exist yet (NLVR2 and
-grounding, BLIP-2 names) is skipped with the reason, and every runnable task's annotation files and images are
+grounding) is skipped with the reason, and every runnable task's annotation files and images are
 read and checked first, so a missing file fails the run in seconds, not after an hour of captioning. Torch-free
 until the model actors start.
 
@@ -56,9 +56,17 @@ def skip_reason(task: Task) -> str | None:
         return f"model unavailable: {spec.location}"
     if task.type not in RUNNERS:
         return f"model unavailable: capfilt has no {task.type} model class yet"
-    if spec.family == "blip2":
-        return "model unavailable: capfilt's roles run BLIP models only so far, not BLIP-2"
     return None
+
+
+def role_models(plan: list[tuple[Task, str | None]]) -> dict[str, tuple[str, str, int | None]]:
+    """{role: (model, model task, image size or None for the checkpoint's)} of the tasks that run. The suite has
+    checked that the tasks of one role agree on the size."""
+    roles = {}
+    for task, reason in plan:
+        if reason is None:
+            roles.setdefault(task.role, (task.model, MODEL_TASK[task.type], task.protocol.get("image_size") or None))
+    return roles
 
 
 def _summary(outcome) -> str:
@@ -78,9 +86,9 @@ def run_suite(suite: Suite, options: Options, log=print) -> RunResult:
     run = new_run(suite.name, str(suite.path), options.limit)
     plan = [(task, skip_reason(task)) for task in suite.tasks]
     data = {task.name: load_dataset(task, options.limit) for task, reason in plan if reason is None}
-    roles = {task.role: (task.model, MODEL_TASK[task.type]) for task, reason in plan if reason is None}
+    roles = role_models(plan)
     log(f"evaluate: suite {suite.name}, run {run.run_id}: {len(plan)} tasks ({len(data)} to run), "
-        f"models {', '.join(f'{r}={m}' for r, (m, _) in roles.items()) or 'none'}")
+        f"models {', '.join(f'{r}={m}' for r, (m, *_) in roles.items()) or 'none'}")
     pools = {}
     rows: list[dict] = []
     if roles:

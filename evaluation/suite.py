@@ -5,6 +5,11 @@ task type, and a list of tasks (type, role, dataset format and files, split, pro
 data root or a dataset path is replaced by a variable given by the caller (the job gives `FIXTURES`) or else an
 environment variable. Relative paths: dataset files against the data root; a relative `data_root` against the
 suite file's folder (no data root: the suite file's folder).
+
+A task's protocol is its model family's (evaluation/protocols.py: BLIP and BLIP-2 differ, in values and in keys),
+the family read from the model's name (`models.names.family_of`), after any --model override. The suite-level
+`protocol` defaults of a task type apply to every task of that type, so they may use only settings the families of
+those tasks share (batch sizes, metrics, ...); a family's own settings belong on its tasks.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from pathlib import Path
 import yaml
 
 from evaluation.loaders import FORMATS
-from evaluation.protocols import TASK_TYPES, ProtocolError, merge_protocol
+from evaluation.protocols import (FAMILY_NAMES, TASK_TYPES, ProtocolError, families_of, has_protocol,
+                                  merge_protocol)
+from models.names import family_of
 
 SUITE_DIR = Path(__file__).with_name("suites")
 SUITE_KEYS = {"name", "description", "data_root", "models", "protocol", "tasks"}
@@ -52,6 +59,7 @@ class Task:
     split: str
     dataset: DatasetSpec
     protocol: dict
+    family: str = "blip"  # of the model: whose protocol `protocol` is (blip | blip2)
 
 
 @dataclass
@@ -141,10 +149,7 @@ def load_suite(path, data_root: str | None = None, variables: Mapping[str, str] 
         if key not in TASK_TYPES or not isinstance(value, dict):
             raise SuiteError(path, f"protocol.{key}", f"should be a task type ({', '.join(TASK_TYPES)}) "
                                                       "mapped to protocol settings")
-        try:
-            merge_protocol(key, value)
-        except ProtocolError as exc:
-            raise SuiteError(path, f"protocol.{key}.{exc.field}", str(exc)) from None
+        _check_defaults(key, value, path)
     entries = _get(raw, "tasks", list, path, "")
     if not entries:
         raise SuiteError(path, "tasks", "the suite lists no task")
@@ -180,16 +185,42 @@ def _task(entry, index: int, path: Path, root: Path, variables, role_models: dic
     dataset = _dataset(_get(entry, "dataset", dict, path, where), task_type, path, f"{where}.dataset", root, variables,
                        used)
     overrides = _get(entry, "protocol", dict, path, where, required=False, default={})
+    model = role_models[role]
+    family = family_of(model)
+    if not has_protocol(family, task_type):
+        raise SuiteError(path, f"{where}.model", f"role {role!r} is {model!r}, a {FAMILY_NAMES.get(family, family)} "
+                                                 f"model: capfilt evaluates {task_type} tasks on "
+                                                 f"{', '.join(FAMILY_NAMES[f] for f in families_of(task_type))} "
+                                                 "models only")
     try:
-        protocol = merge_protocol(task_type, defaults.get(task_type, {}), overrides)
+        merge_protocol(task_type, defaults.get(task_type, {}), family=family)
+    except ProtocolError as exc:
+        raise SuiteError(path, f"protocol.{task_type}.{exc.field}", f"{exc} (it applies to task {name!r}, whose "
+                                                                    f"model {model!r} is {FAMILY_NAMES[family]})") from None
+    try:
+        protocol = merge_protocol(task_type, defaults.get(task_type, {}), overrides, family=family)
     except ProtocolError as exc:
         raise SuiteError(path, f"{where}.protocol.{exc.field}", str(exc)) from None
     if task_type == "vqa" and protocol["mode"] == "rank" and "answer_list" not in dataset.files:
         raise SuiteError(path, f"{where}.dataset", "protocol mode 'rank' needs an 'answer_list' file")
     return Task(name=name, title=_get(entry, "title", str, path, where, required=False, default=name),
                 benchmark=_get(entry, "benchmark", str, path, where, required=False, default=name),
-                type=task_type, role=role, model=role_models[role], split=str(split), dataset=dataset,
-                protocol=protocol)
+                type=task_type, role=role, model=model, split=str(split), dataset=dataset, protocol=protocol,
+                family=family)
+
+
+def _check_defaults(task_type: str, value: dict, path: Path) -> None:
+    """A suite-level default must suit the protocol of at least one family of `task_type` (each task checks it
+    against its own model's family)."""
+    errors = []
+    for family in families_of(task_type):
+        try:
+            merge_protocol(task_type, value, family=family)
+            return
+        except ProtocolError as exc:
+            errors.append(exc)
+    first = errors[0]
+    raise SuiteError(path, f"protocol.{task_type}.{first.field}", str(first))
 
 
 def _dataset(raw: dict, task_type: str, path: Path, where: str, root: Path, variables, used: set) -> DatasetSpec:
@@ -212,7 +243,7 @@ def _dataset(raw: dict, task_type: str, path: Path, where: str, root: Path, vari
 
 
 def _check_names_and_roles(tasks: list[Task], path: Path) -> None:
-    seen, role_types = set(), {}
+    seen, role_types, role_sizes = set(), {}, {}
     for task in tasks:
         if task.name in seen:
             raise SuiteError(path, f"tasks ({task.name})", f"duplicate task name {task.name!r}")
@@ -221,6 +252,13 @@ def _check_names_and_roles(tasks: list[Task], path: Path) -> None:
         if other != task.type:
             raise SuiteError(path, f"tasks ({task.name}).model", f"role {task.role!r} serves {other} tasks and "
                                                                   f"{task.type} tasks: one role is one model")
+        # A role's model loads once, at one input size: the first task's `image_size` (0: the checkpoint's).
+        size = task.protocol.get("image_size", 0)
+        first, first_size = role_sizes.setdefault(task.role, (task.name, size))
+        if size != first_size:
+            raise SuiteError(path, f"tasks ({task.name}).protocol.image_size",
+                             f"{size}, but task {first!r} runs role {task.role!r} at {first_size}: a role's model "
+                             "loads once, at one image size (give this task its own role)")
 
 
 def parse_model_overrides(values: list[str] | None) -> dict[str, str]:

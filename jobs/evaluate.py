@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None, prog: str = "jobs/evaluate.py") -> argpar
     models = p.add_argument_group("models")
     models.add_argument("--model", action="append", metavar="ROLE=NAME",
                         help="use model NAME (zoo name, hub repo id or directory) for a role of the suite; "
-                             "repeatable (default: the suite's models)")
+                             "its tasks then follow NAME's family's protocol (BLIP or BLIP-2); repeatable "
+                             "(default: the suite's models)")
     selection = p.add_argument_group("what to run")
     selection.add_argument("--tasks", help="comma-separated task names: run only these (default: every task)")
     selection.add_argument("--limit", type=int, help="evaluate only the first N records of each task, a quick "

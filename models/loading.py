@@ -14,22 +14,12 @@ import torch
 import transformers
 
 from models import tiny, tiny_blip2, tiny_clip
-from models.names import ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, resolve, zoo_entry
+from models.names import ARCHITECTURES, ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, resolve, zoo_entry
 from models.patches import patch_blip
 
 __all__ = ["ARCHITECTURES", "ZOO_FILE", "Checkpoint", "ModelLoadError", "ModelSpec", "list_models", "load_checkpoint",
            "resolve", "zoo_entry"]
 
-# The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares: the family
-# and the tasks the class serves (the first one unless the zoo or the caller names another).
-ARCHITECTURES = {
-    "BlipForConditionalGeneration": ("blip", ("caption",)),
-    "BlipForImageTextRetrieval": ("blip", ("retrieval",)),
-    "BlipForQuestionAnswering": ("blip", ("vqa",)),
-    "Blip2ForConditionalGeneration": ("blip2", ("caption", "vqa")),  # one checkpoint captions and answers
-    "Blip2ForImageTextRetrieval": ("blip2", ("retrieval",)),
-    "CLIPModel": ("clip", ("similarity",)),
-}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
 # BLIP's transform: CLIP's normalisation statistics (used when a checkpoint has no preprocessor_config.json).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

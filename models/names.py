@@ -15,6 +15,16 @@ from pathlib import Path
 
 ZOO_FILE = Path(__file__).with_name("zoo.json")
 PRECISIONS = ("auto", "bf16", "fp32")
+# The transformers classes capfilt wraps, by the architecture name a checkpoint's config.json declares: the family
+# and the tasks the class serves (the first one unless the zoo or the caller names another).
+ARCHITECTURES = {
+    "BlipForConditionalGeneration": ("blip", ("caption",)),
+    "BlipForImageTextRetrieval": ("blip", ("retrieval",)),
+    "BlipForQuestionAnswering": ("blip", ("vqa",)),
+    "Blip2ForConditionalGeneration": ("blip2", ("caption", "vqa")),  # one checkpoint captions and answers
+    "Blip2ForImageTextRetrieval": ("blip2", ("retrieval",)),
+    "CLIPModel": ("clip", ("similarity",)),
+}
 # Device spellings torch accepts that capfilt runs on; torch itself decides later whether the host has them.
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -96,3 +106,34 @@ def check_device(device: str, precision: str = "auto") -> None:
         raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+
+
+def family_of(name: str) -> str:
+    """The model family ("blip", "blip2" or "clip") a model name points to, without loading anything or touching
+    the network (an evaluation suite picks its protocols by it):
+
+    - a zoo name: its zoo.json `family`;
+    - an existing local directory: the family of its config.json's first architecture in ARCHITECTURES; a
+      directory without a readable config or a known architecture counts as "blip", and loading it says why it
+      cannot run;
+    - anything else, a hub repo id (`org/name[@revision]`) above all: "blip2" when "blip2" is in the lower-cased
+      repo name (the part after the organisation, e.g. Salesforce/blip2-opt-2.7b), else "blip". A hub repo's
+      config is read only when it loads, so a BLIP-2 repo whose name lacks "blip2" is to be named by a zoo name or
+      a downloaded directory.
+    """
+    entry = _zoo().get(name)
+    if entry is not None:
+        return entry["family"]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "blip"
+        architectures = config.get("architectures") if isinstance(config, dict) else None
+        for architecture in architectures if isinstance(architectures, list) else []:
+            if isinstance(architecture, str) and architecture in ARCHITECTURES:
+                return ARCHITECTURES[architecture][0]
+        return "blip"
+    repo = name.removeprefix("hf:").partition("@")[0]
+    return "blip2" if "blip2" in repo.rsplit("/", 1)[-1].lower() else "blip"

@@ -12,7 +12,8 @@ from jobs.evaluate import main
 
 ray = pytest.importorskip("ray")
 
-RAN = {"coco_caption", "nocaps", "flickr30k_caption", "vqav2", "okvqa", "ocrvqa", "coco_retrieval", "flickr30k_retrieval"}
+RAN = {"coco_caption", "nocaps", "flickr30k_caption", "vqav2", "okvqa", "ocrvqa", "coco_retrieval", "flickr30k_retrieval",
+       "blip2_coco_caption", "blip2_t5_coco_caption", "blip2_vqav2", "blip2_coco_retrieval"}
 SKIPPED = {"nlvr2", "refcoco_testA"}
 
 
@@ -45,13 +46,17 @@ def test_fixture_suite_runs_every_task_through_the_actors(first_run):
     assert {r["task"] for r in ok} == RAN
     assert all(0.0 <= r["value"] <= 100.0 for r in ok)
     assert all(r["model_fingerprint"].startswith("tiny") and r["capfilt_version"] for r in ok)
+    assert {r["model"] for r in ok if r["task"].startswith("blip2_")} == {
+        "tiny-random-blip2_caption", "tiny-random-blip2-t5_caption", "tiny-random-blip2_vqa",
+        "tiny-random-blip2_retrieval"}  # BLIP-2 runs in the same actors (tests/test_eval_blip2.py: its protocols)
     metrics = {(r["task"], r["metric"]) for r in ok}
     assert {("coco_caption", "CIDEr"), ("coco_caption", "BLEU-4"), ("vqav2", "accuracy"), ("ocrvqa", "accuracy"),
             ("coco_retrieval", "i2t_r1"), ("coco_retrieval", "t2i_r5"), ("coco_retrieval", "itc:i2t_r1")} <= metrics
     assert ("coco_caption", "METEOR") not in metrics  # the fixture suite leaves METEOR's JVM out
     samples = {r["task"]: r["samples"] for r in ok}
     assert samples == {"coco_caption": 6, "nocaps": 4, "flickr30k_caption": 5, "vqav2": 10, "okvqa": 6, "ocrvqa": 12,
-                       "coco_retrieval": 6, "flickr30k_retrieval": 5}
+                       "coco_retrieval": 6, "flickr30k_retrieval": 5, "blip2_coco_caption": 6, "blip2_t5_coco_caption": 6,
+                       "blip2_vqav2": 10, "blip2_coco_retrieval": 6}
     retrieval = next(r for r in ok if r["task"] == "coco_retrieval")
     assert json.loads(retrieval["protocol"])["k"] == 4 and retrieval["model"] == "tiny-random_retrieval"
     skipped = [r for r in history if r["status"] == "skipped"]

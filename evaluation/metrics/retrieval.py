@@ -1,9 +1,12 @@
-"""Image-text retrieval recalls (R@1/5/10 both ways) and BLIP's ITC top-k -> ITM rerank protocol."""
+"""Image-text retrieval recalls (R@1/5/10 both ways), ITC similarities (BLIP's one vector per image, BLIP-2's 32
+query embeddings) and BLIP's ITC top-k -> ITM rerank protocol, which BLIP-2 shares."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+ITC_BLOCK_BYTES = 1 << 28  # 256 MiB: the largest images x queries x texts block itc_scores computes at once
 
 # itm_fn(image_indices, text_indices) -> one score per (image, text) pair, both arrays of equal length.
 # BLIP uses the ITM head's "match" logit here (not the probability), added to the ITC similarity.
@@ -82,6 +85,34 @@ def retrieval_recalls(
         result[f"{name}_r_mean"] = sum(recalls) / len(recalls)
     result["r_mean"] = (result["i2t_r_mean"] + result["t2i_r_mean"]) / 2
     return result
+
+
+def itc_scores(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
+               block_bytes: int = ITC_BLOCK_BYTES) -> np.ndarray:
+    """The images x texts ITC matrix (float32) from normalised embeddings.
+
+    image_embeddings (images, D): one vector per image (BLIP), ITC = the dot product. (images, queries, D): the
+    query embeddings of BLIP-2's Q-Former, ITC = the largest dot product over an image's queries, as LAVIS computes
+    it; a block of images at a time, so that at most `block_bytes` of the images x queries x texts products exist
+    at once (COCO's 5,000 images x 32 queries x 25,000 texts would be 16 GB in float32).
+    text_embeddings: (texts, D).
+    """
+    images = np.asarray(image_embeddings, dtype=np.float32)
+    texts = np.asarray(text_embeddings, dtype=np.float32)
+    if texts.ndim != 2 or images.ndim not in (2, 3) or images.shape[-1] != texts.shape[1]:
+        raise ValueError(f"image embeddings {images.shape} and text embeddings {texts.shape}: expected (images, D) "
+                         "or (images, queries, D) against (texts, D)")
+    if images.ndim == 2:
+        return images @ texts.T
+    n_images, n_queries, dim = images.shape
+    n_texts = texts.shape[0]
+    out = np.empty((n_images, n_texts), dtype=np.float32)
+    step = max(1, int(block_bytes) // max(1, n_queries * n_texts * 4))
+    for start in range(0, n_images, step):
+        block = images[start:start + step]
+        products = block.reshape(-1, dim) @ texts.T  # (block images x queries, texts)
+        out[start:start + len(block)] = products.reshape(len(block), n_queries, n_texts).max(axis=1)
+    return out
 
 
 def _top_k(values: np.ndarray, k: int) -> np.ndarray:

@@ -1,12 +1,15 @@
-"""Captioning (COCO, NoCaps, Flickr30k): beam-search captions on the captioner actors, COCO caption metrics."""
+"""Captioning (COCO, NoCaps, Flickr30k): beam-search captions on the captioner actors, COCO caption metrics.
+
+The captioner is called with the protocol's generation settings, its family's keywords (BLIP: max_length /
+min_length, counting the start token and the prompt; BLIP-2: max_new_tokens / min_new_tokens, length_penalty).
+"""
 from __future__ import annotations
 
 from evaluation.calls import Method
 from evaluation.datasets import DatasetFormatError
 from evaluation.metrics import caption_scores
+from evaluation.protocols import generation_settings
 from evaluation.tasks.common import Outcome, chunks, image_batches
-
-GENERATION = ("prompt", "num_beams", "max_length", "min_length", "repetition_penalty")
 
 
 def run_caption(task, data, pool) -> Outcome:
@@ -15,7 +18,7 @@ def run_caption(task, data, pool) -> Outcome:
     for record in records:
         if not record.references:
             raise DatasetFormatError(task.dataset.files["annotations"], f"image {record.image_id} has no reference caption")
-    settings = {key: protocol[key] for key in GENERATION}
+    settings = generation_settings(protocol)
     batches = image_batches(chunks([r.image for r in records], protocol["batch_size"]), pool.image_size)
     captions = [c for out in pool.map(Method.CAPTION, ((None, (images, settings)) for images in batches)) for c in out]
     wanted = protocol["metrics"]

@@ -3,6 +3,10 @@
 Every image's vision states stay on the actor that embedded it (images are split over actors by index), and each
 ITM pair goes to that actor. The pairs are found by a first, recording pass of `rerank_scores` over the ITC matrix,
 scored in large batches, then looked up by the real pass, so the shortlist logic is the metric module's own.
+
+BLIP embeds an image as one vector; BLIP-2 as its 32 query embeddings, ITC being the largest similarity over them
+(`itc_scores`, a block of images at a time). The rerank is the same for both: the ITM "match" logit plus ITC over
+the top k (BLIP-2's ITM logit is averaged over the queries by its role).
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 
 from evaluation.calls import Method
 from evaluation.datasets import retrieval_ground_truth
-from evaluation.metrics import rerank_scores, reranked_recalls
+from evaluation.metrics import itc_scores, rerank_scores, reranked_recalls
 from evaluation.tasks.common import Outcome, chunks, image_batches
 
 
@@ -25,7 +29,7 @@ def run_retrieval(task, data, pool) -> Outcome:
         image_embeddings = _image_embeddings([r.image for r in records], pool, protocol["batch_size"])
         text_calls = ((None, (chunk,)) for chunk in chunks(texts, protocol["batch_size"]))
         text_embeddings = np.concatenate(list(pool.map(Method.TEXT_EMBEDDINGS, text_calls)))
-        itc = image_embeddings @ text_embeddings.T
+        itc = itc_scores(image_embeddings, text_embeddings)
         itm_fn = _itm_lookup(itc, texts, pool, protocol)
         result = reranked_recalls(itc, itm_fn, txt2img, protocol["k"], ks=protocol["ks"])
     finally:
@@ -43,13 +47,14 @@ def _interleave(per_actor: list[list]) -> list[tuple[int, object]]:
 
 
 def _image_embeddings(paths: list[str], pool, batch_size: int) -> np.ndarray:
+    """(images, D), or (images, queries, D) for BLIP-2, in image order."""
     plan = _interleave([chunks(list(range(actor, len(paths), pool.size)), batch_size) for actor in range(pool.size)])
     batches = image_batches([[paths[i] for i in chunk] for _, chunk in plan], pool.image_size)
     calls = ((actor, (chunk, images)) for (actor, chunk), images in zip(plan, batches))
     out = None
     for (_, chunk), embeddings in zip(plan, pool.map(Method.INDEX_IMAGES, calls)):
         if out is None:
-            out = np.empty((len(paths), embeddings.shape[1]), dtype=np.float32)
+            out = np.empty((len(paths), *embeddings.shape[1:]), dtype=np.float32)
         out[chunk] = embeddings
     return out
 

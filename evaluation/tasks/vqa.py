@@ -1,12 +1,15 @@
-"""VQA (VQAv2, OK-VQA, OCR-VQA): generated or ranked answers on the answerer actors, the official VQA accuracy."""
+"""VQA (VQAv2, OK-VQA, OCR-VQA): generated or ranked answers on the answerer actors, the official VQA accuracy.
+
+Generation gets the protocol's generation settings, its family's keywords (BLIP-2: the prompt with the question in
+it, max_new_tokens, length_penalty); ranking is BLIP's only (a BLIP-2 suite refuses mode 'rank' when it loads).
+"""
 from __future__ import annotations
 
 from evaluation.calls import Method
 from evaluation.datasets import DatasetFormatError
 from evaluation.metrics import vqa_accuracy
+from evaluation.protocols import generation_settings
 from evaluation.tasks.common import Outcome, chunks, image_batches
-
-GENERATION = ("num_beams", "max_length", "min_length")
 
 
 def run_vqa(task, data, pool) -> Outcome:
@@ -25,7 +28,7 @@ def run_vqa(task, data, pool) -> Outcome:
         calls = ((None, (imgs, qs, protocol["k"])) for imgs, qs in zip(images, questions))
         method = Method.RANK
     else:
-        settings = {key: protocol[key] for key in GENERATION}
+        settings = generation_settings(protocol)
         calls = ((None, (imgs, qs, settings)) for imgs, qs in zip(images, questions))
         method = Method.ANSWER
     answers = [a for out in pool.map(method, calls) for a in out]
