@@ -2,6 +2,8 @@
 
     python jobs/capfilt.py --input 'shards/{00000..00099}.tar' --output out/run1 \\
         --captioner blip-base_3rdparty_caption --filter blip-base_3rdparty_retrieval --num-captions 5
+    python jobs/capfilt.py ... --captioner blip2-opt2.7b_3rdparty-zeroshot_caption --filter blip2_3rdparty_retrieval \
+        --scorer clip-vit-large-patch14_openai --num-captions 10     # BLIP-2's CapFilt, then `curate keep --top-k 2 --by clip`
     capfilt run ...   (the same job, as a console script)
 
 Runs on an embedded local Ray, or on the cluster named by RAY_ADDRESS (`ray job submit --working-dir . -- python
@@ -26,6 +28,9 @@ from pipelines.sources import LocationError
 USER_ERRORS = (ModelLoadError, DeviceError, LocationError, RunConflict, ValueError)
 DEFAULT_MODELS = {"captioner": "tiny-random_caption", "filter": "tiny-random_retrieval"}
 DEMO_MODELS = {"captioner": "shapes_caption", "filter": "shapes_retrieval"}  # trained on the shape world, shipped
+# The demo's second run: BLIP-2's CapFilt (CLIP-ranked) on the same shards, with the tiny BLIP-2 and CLIP stand-ins.
+DEMO_BLIP2 = {"captioner": "tiny-random-blip2_caption", "filter": "tiny-random-blip2_retrieval",
+              "scorer": "tiny-random_clip"}
 INTERRUPTED = "interrupted: the shards committed so far are kept; run the same command again to resume"
 
 
@@ -43,7 +48,10 @@ def build_parser(prog: str = "jobs/capfilt.py") -> Parser:
     models.add_argument("--captioner", help="zoo name, hub repo id or local directory (default tiny-random_caption; "
                                             "with --demo, shapes_caption)")
     models.add_argument("--filter", help="zoo name, hub repo id or local directory (default tiny-random_retrieval; "
-                                         "with --demo, shapes_retrieval)")
+                                         "with --demo, shapes_retrieval); BLIP or BLIP-2, in any mix with the "
+                                         "captioner")
+    models.add_argument("--scorer", help="a CLIP model (e.g. clip-vit-large-patch14_openai): adds its similarity to "
+                                         "every caption, as BLIP-2's CapFilt ranks them (default: none)")
     sampling = p.add_argument_group("sampling (BLIP's CapFilt defaults)")
     sampling.add_argument("--num-captions", type=int, default=defaults.num_captions, help="synthetic captions per image")
     sampling.add_argument("--seed", type=int, default=defaults.seed, help="captions depend on (seed, shard, key) only")
@@ -52,9 +60,9 @@ def build_parser(prog: str = "jobs/capfilt.py") -> Parser:
     sampling.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
                           help="divides the logits of tokens already generated")
     sampling.add_argument("--max-length", type=int, default=defaults.max_length,
-                          help="caption tokens, counting [DEC] and the prompt")
+                          help="caption tokens, counting the start token ([DEC] in BLIP) and the prompt")
     sampling.add_argument("--min-length", type=int, default=defaults.min_length,
-                          help="caption tokens before [SEP] may end it, counting [DEC] and the prompt")
+                          help="caption tokens before the end may come, counting the start token and the prompt")
     resources = p.add_argument_group("resources (of these, only --precision changes the output rows)")
     resources.add_argument("--batch-size", type=int, help="images per model call (default 64 on GPUs, 8 on CPUs)")
     resources.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -84,7 +92,8 @@ def config_from(args: argparse.Namespace) -> CapFiltConfig:
                         repetition_penalty=args.repetition_penalty, max_length=args.max_length,
                         min_length=args.min_length)
     return CapFiltConfig(input=args.input, output=args.output, captioner=args.captioner, filter=args.filter,
-                         sampling=sampling, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                         scorer=args.scorer, sampling=sampling, batch_size=args.batch_size, device=args.device,
+                         precision=args.precision,
                          actors=args.actors, model_threads=args.model_threads, decode_workers=args.decode_workers,
                          max_pixels=args.max_pixels, overwrite=args.overwrite)
 
@@ -127,7 +136,27 @@ def main(argv: list[str] | None = None, prog: str = "jobs/capfilt.py") -> int:
         report(args.output, Path(args.output).parent / "shards")
         if "tiny-random" in args.captioner + args.filter:
             print("(the tiny models have random weights: their captions and scores are noise)")
+        demo_blip2(config, shards)
     return 0
+
+
+def demo_blip2(config: CapFiltConfig, shards: list) -> None:
+    """The same shards through BLIP-2's CapFilt: 3 synthetic captions per image and the web caption, ranked by CLIP,
+    the best 2 kept. The tiny stand-ins have random weights: this shows the path and the output, not quality."""
+    from dataclasses import replace
+
+    from pipelines.ray_runner import run_capfilt
+    from pipelines.select import keep_list, open_run
+
+    output = str(Path(config.output).parent / "run-blip2")
+    print(f"\ndemo, BLIP-2's CapFilt ranked by CLIP, with {', '.join(DEMO_BLIP2.values())} -> {output}")
+    run_capfilt(replace(config, output=output, sampling=replace(config.sampling, num_captions=3), **DEMO_BLIP2),
+                shards=shards)
+    kept = keep_list(open_run(output), None, top_k=2, by="clip")
+    print(f"  `curate.py keep {output} --top-k 2 --by clip`: {kept.num_rows} captions kept, 2 per image")
+    print("  (tiny random models: the captions are noise; with real weights: --captioner "
+          "blip2-opt2.7b_3rdparty-zeroshot_caption --filter blip2_3rdparty_retrieval --scorer "
+          "clip-vit-large-patch14_openai)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python jobs/curate.py summary OUT
     python jobs/curate.py keep OUT --threshold 0.5 --source both --to keep.parquet [--columns width,height]
     python jobs/curate.py export OUT --to bootstrapped/ --threshold 0.5 --source both
+    python jobs/curate.py keep OUT --top-k 2 --by clip      # BLIP-2's CapFilt: the 2 best captions by CLIP
 
 Thresholds live here, in queries: changing one never re-runs a model. `capfilt curate ...` is the same command.
 Exit codes: 0 done, 2 a usage or data problem (one `error:` line), 130 interrupted.
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 
 from jobs.cli import Parser, UsageError, entry
 from pipelines.export import export_dataset
-from pipelines.select import SOURCES, keep_list, open_run, print_summary
+from pipelines.select import SCORES, SOURCES, keep_list, open_run, print_summary
 from pipelines.sources import LocationError
 
 INTERRUPTED = "interrupted: run the same command again (an export replaces what it wrote before)"
@@ -32,8 +33,15 @@ def main(argv: list[str] | None = None, prog: str = "jobs/curate.py") -> int:
                             ("export", "img2dataset-style shards of the kept samples")):
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument("run", help="the --output directory of a capfilt run")
-        cmd.add_argument("--threshold", type=float, default=0.5, help="keep captions with ITM p(match) >= this")
-        if name != "summary":
+        if name == "summary":
+            cmd.add_argument("--threshold", type=float, default=0.5, help="count captions with ITM p(match) >= this")
+        else:
+            cmd.add_argument("--threshold", type=float, help="keep captions with ITM p(match) >= this "
+                                                             "(default: 0.5) (with --top-k: none unless given)")
+            cmd.add_argument("--top-k", type=int, help="keep the K best captions of each image (ties: the web caption, "
+                                                       "then the earlier synthetic one)")
+            cmd.add_argument("--by", choices=SCORES, default="itm", help="what --top-k ranks by: ITM, ITC or the "
+                                                                         "scorer's CLIP similarity")
             cmd.add_argument("--source", choices=SOURCES, default="both", help="which captions may be kept")
             cmd.add_argument("--to", required=name == "export",
                              help="output file (keep: .parquet; default: print the first 20)" if name == "keep"
@@ -45,9 +53,11 @@ def main(argv: list[str] | None = None, prog: str = "jobs/curate.py") -> int:
         args = p.parse_args(argv)
         if args.command == "summary":
             print_summary(args.run, args.threshold)
+        elif args.by != "itm" and args.top_k is None:
+            raise UsageError("--by ranks for --top-k: give --top-k K as well")
         elif args.command == "keep":
             columns = [name.strip() for name in args.columns.split(",") if name.strip()]
-            table = keep_list(open_run(args.run), args.threshold, args.source, columns)
+            table = keep_list(open_run(args.run), threshold(args), args.source, columns, args.top_k, args.by)
             if args.to:
                 pq.write_table(table, args.to)
                 print(f"{table.num_rows} kept captions -> {args.to}")
@@ -56,12 +66,19 @@ def main(argv: list[str] | None = None, prog: str = "jobs/curate.py") -> int:
                     print(json.dumps(row, ensure_ascii=False))
                 print(f"{table.num_rows} kept captions (first 20 shown; --to FILE writes them all)")
         else:
-            totals = export_dataset(args.run, args.to, args.threshold, args.source)
+            totals = export_dataset(args.run, args.to, threshold(args), args.source, top_k=args.top_k, by=args.by)
             print(f"exported {totals['samples']} samples in {totals['shards']} shards -> {args.to}")
     except (UsageError, ValueError, LocationError, duckdb.Error, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def threshold(args) -> float | None:
+    """The ITM threshold a selection applies: the one given; else 0.5 (BLIP's CapFilt) without --top-k, none with."""
+    if args.threshold is not None:
+        return args.threshold
+    return None if args.top_k is not None else 0.5
 
 
 if __name__ == "__main__":

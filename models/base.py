@@ -93,6 +93,22 @@ class Role:
         batch = batch.permute(0, 3, 1, 2).float()
         return (batch - self._mean) / self._std
 
+    def share_vision(self, other: Role) -> bool:
+        """Use `other`'s vision encoder when it is this one's: equal weights (every tensor compared, never a name),
+        image size, normalisation, device and precision. Then one copy sits in memory, and vision states computed by
+        either role serve both. Returns whether it is shared."""
+        if (self.image_size, self.device, self.precision) != (other.image_size, other.device, other.precision):
+            return False
+        if not (torch.equal(self._mean, other._mean) and torch.equal(self._std, other._std)):
+            return False
+        mine, theirs = self.vision_weights(), other.vision_weights()
+        if mine.keys() != theirs.keys() or not all(
+                mine[k].shape == theirs[k].shape and mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k])
+                for k in mine):
+            return False
+        self.model.vision_model = other.model.vision_model
+        return True
+
     @torch.inference_mode()
     def encode_images(self, images) -> torch.Tensor:
         """One vision-transformer pass: (B, patches + 1, hidden)."""

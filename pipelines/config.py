@@ -15,7 +15,8 @@ from pipelines.sources import Shard, check_location, expand_shards
 from schemas.capfilt import SCHEMA_VERSION
 
 # What changes the output rows. Batch sizes, actor counts and devices do not (captions are seeded per sample).
-RESULT_KEYS = ("inputs_digest", "captioner", "filter", "sampling", "precision", "schema_version", "max_pixels")
+RESULT_KEYS = ("inputs_digest", "captioner", "filter", "scorer", "sampling", "precision", "schema_version", "max_pixels")
+MODEL_ROLES = ("captioner", "filter", "scorer")  # run.json's "models": each one's name, family and fingerprint
 PACKAGES = ("torch", "transformers", "ray", "pyarrow", "pillow", "duckdb", "webdataset")
 
 
@@ -29,6 +30,7 @@ class CapFiltConfig:
     output: str
     captioner: str = "tiny-random_caption"
     filter: str = "tiny-random_retrieval"
+    scorer: str | None = None  # a CLIP model: adds web_clip and synthetic[].clip (BLIP-2's CapFilt ranks by them)
     sampling: Sampling = field(default_factory=Sampling)
     batch_size: int | None = None  # images per model call; default 64 on GPUs, 8 on CPUs (measured fastest there)
     device: str = "auto"
@@ -62,6 +64,8 @@ class CapFiltConfig:
         check_device(self.device, self.precision)
         check_model(self.captioner, "caption")
         check_model(self.filter, "retrieval")
+        if self.scorer is not None:
+            check_model(self.scorer, "similarity")
         if not locations:
             return []
         check_location(self.output)
@@ -78,13 +82,16 @@ def run_record(config: CapFiltConfig, shard_urls: list[str], models: dict) -> di
             versions[package] = None
     settings = asdict(config)
     settings.pop("overwrite")
+    # The prompt the captioner really used (None in the settings means the captioner's own).
+    settings["sampling"]["prompt"] = models.get("prompt", settings["sampling"]["prompt"])
     digest = hashlib.sha256("\n".join(sorted(shard_urls)).encode()).hexdigest()[:16]
     return {
-        **{key: settings[key] for key in ("input", "captioner", "filter", "sampling", "max_pixels")},
+        **{key: settings[key] for key in ("input", "captioner", "filter", "scorer", "sampling", "max_pixels")},
         "inputs_digest": digest,  # the resolved shard list: the same shards however the input is spelled
         "precision": models["precision"],
         "schema_version": SCHEMA_VERSION,
-        "models": {"captioner": models["captioner"], "filter": models["filter"]},
+        "models": {role: models.get(role) for role in MODEL_ROLES},  # each with its family and fingerprint
+        "shared_vision": models.get("shared_vision", False),
         "settings": settings,
         "shards": len(shard_urls),
         "versions": versions,
@@ -106,9 +113,10 @@ def check_compatible(existing: dict, new: dict) -> None:
                             if old.get(k) != now.get(k)]
         elif old != now:
             differences.append(f"{key} ({old!r} -> {now!r})")
-    for role in ("captioner", "filter"):
-        old = (existing.get("models") or {}).get(role, {}).get("fingerprint")
-        if old != new["models"][role]["fingerprint"]:
+    for role in MODEL_ROLES:
+        old = ((existing.get("models") or {}).get(role) or {}).get("fingerprint")
+        now = (new["models"].get(role) or {}).get("fingerprint")
+        if old != now:
             differences.append(f"the {role} weights")
     if differences:
         detail = ", ".join(differences)

@@ -1,6 +1,7 @@
 """Export the bootstrapped dataset as img2dataset-style webdataset shards, chosen by a DuckDB keep-list.
 
-Image bytes are copied from the source shards unchanged; KEY.txt is the best kept caption (highest ITM),
+Image bytes are copied from the source shards unchanged; KEY.txt is the best kept caption (highest ITM, or highest
+by the score a `--top-k` selection ranks by),
 KEY.json is the original metadata plus every kept caption with its scores. `{shard}_stats.json` is written
 after its tar, as img2dataset does; `export.json`, the manifest listing every file of the export, is written last.
 
@@ -42,26 +43,31 @@ class ExportTargetError(ValueError):
     """A destination export must not write to; the message says why."""
 
 
-def export_dataset(run: str, destination: str, threshold: float = 0.5, source: str = "both", log=print) -> dict:
-    """Write one tar per source shard that has kept samples; returns counts."""
+def export_dataset(run: str, destination: str, threshold: float | None = 0.5, source: str = "both", log=print,
+                   top_k: int | None = None, by: str = "itm") -> dict:
+    """Write one tar per source shard that has kept samples, chosen as `keep_list` chooses them; returns counts."""
     check_location(destination)
     source_run = RunDir(run)
     con = open_run(run)
     markers = source_run.markers()
     check_target(destination, run_inputs(source_run, markers), run)
-    kept = keep_list(con, threshold, source).to_pylist()
+    kept = keep_list(con, threshold, source, top_k=top_k, by=by).to_pylist()
     formats = dict(((r[0], r[1]), r[2]) for r in con.execute(
         "SELECT shard, key, image_format FROM samples WHERE status = 'ok'").fetchall())
     by_shard: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in kept:
         by_shard[row["shard"]][row["key"]].append(
-            {"text": row["text"], "source": row["source"], "itm": row["itm"], "itc": row["itc"]})
+            {"text": row["text"], "source": row["source"], "itm": row["itm"], "itc": row["itc"], "clip": row["clip"]})
+    for samples in by_shard.values():  # best first by the score the selection ranks by
+        for captions in samples.values():
+            captions.sort(key=lambda c: -(c[by] if c[by] is not None else float("-inf")))
     for shard_id in by_shard:
         if "url" not in markers.get(shard_id, {}):
             raise ValueError(f"shard {shard_id!r} of {run!r} has no done-marker with its source url")
     # Every source read below is checked first: a changed tar would silently lose kept samples.
     check_inputs_unchanged({markers[s]["url"]: markers[s].get(FINGERPRINT_FIELD) for s in by_shard})
-    totals = {"shards": 0, "samples": 0, "captions": len(kept), "threshold": threshold, "source": source}
+    selection = {"threshold": threshold, "source": source, "top_k": top_k, "by": by}
+    totals = {"shards": 0, "samples": 0, "captions": len(kept), **selection}
     files = sorted(name for shard_id in by_shard for name in (f"{shard_id}.tar", f"{shard_id}_stats.json"))
     replacement = _Replacement(destination, files)
     with replacement as out:
@@ -74,8 +80,8 @@ def export_dataset(run: str, destination: str, threshold: float = 0.5, source: s
                                  f"kept samples of shard {shard_id!r} are no longer in it (the file changed after "
                                  f"the run read it); the export stopped, an earlier one is left as it was")
             out.write_json(out.path(f"{shard_id}_stats.json"), {
-                "shard": shard_id, "source_url": url, "count": written, "threshold": threshold,
-                "source": source, "seconds": round(time.time() - started, 3)})
+                "shard": shard_id, "source_url": url, "count": written, **selection,
+                "seconds": round(time.time() - started, 3)})
             totals["shards"] += 1
             totals["samples"] += written
             log(f"exported {shard_id}: {written} samples")
@@ -213,7 +219,8 @@ class _Replacement:
 
 
 def _export_shard(url: str, captions: dict[str, list[dict]], formats: dict, shard_id: str, out: RunDir) -> int:
-    """Stream the kept samples of one source shard into its tar: memory holds one sample, not the shard."""
+    """Stream the kept samples of one source shard into its tar: memory holds one sample, not the shard.
+    Each sample's captions come best first; the first is its caption."""
     written = 0
     with out.open_atomic(out.path(f"{shard_id}.tar")) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
         for sample in read_shard(url):
@@ -222,7 +229,7 @@ def _export_shard(url: str, captions: dict[str, list[dict]], formats: dict, shar
             extension = formats.get((shard_id, sample.key))
             if extension not in sample.members:
                 continue
-            chosen = sorted(captions[sample.key], key=lambda c: -c["itm"])
+            chosen = captions[sample.key]
             meta = _metadata(sample.members.get("json"))
             meta["capfilt"] = {"captions": chosen}
             meta["caption"] = chosen[0]["text"]

@@ -27,7 +27,7 @@ def run_local(config: CapFiltConfig, log=print, on_event=None, stage: CapFiltSta
     shards, out = prepare(config)
     emit = reporter(log, on_event)
     stage = stage or CapFiltStage(config.captioner, config.filter, config.sampling, config.device, config.precision,
-                                  config.model_threads)
+                                  config.model_threads, scorer=config.scorer)
     info = stage.info()
     if config.batch_size is None:
         config = replace(config, batch_size=DEFAULT_GPU_BATCH if info["device"].startswith("cuda")

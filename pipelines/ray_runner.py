@@ -68,10 +68,10 @@ class ModelActor(CapFiltStage):
     """CapFiltStage plus what the driver asks of an actor. A model that cannot be loaded is reported by `info`, not
     raised: Ray would restart a failing actor forever and print its traceback."""
 
-    def __init__(self, captioner, filter, sampling, device, precision, threads=None):
+    def __init__(self, captioner, filter, sampling, device, precision, threads=None, scorer=None):
         self.load_error = None
         try:
-            super().__init__(captioner, filter, sampling, device, precision, threads)
+            super().__init__(captioner, filter, sampling, device, precision, threads, scorer=scorer)
         except (ModelLoadError, DeviceError) as exc:
             self.load_error = str(exc)
 
@@ -116,7 +116,8 @@ def run_capfilt(config: CapFiltConfig, log=print, actor_class: type = None, on_e
     options = dict(max_restarts=-1, max_task_retries=0, max_concurrency=1, num_cpus=plan["actor_cpus"],
                    num_gpus=1 if device.startswith("cuda") else 0)
     pool = ActorPool(actor_class or ModelActor, (config.captioner, config.filter, config.sampling, device,
-                                                 config.precision, config.model_threads), n_actors, options)
+                                                 config.precision, config.model_threads, config.scorer), n_actors,
+                       options)
     try:
         info = pool.check_loaded()[0]
         todo = open_run(config, shards, out, info)

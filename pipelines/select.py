@@ -11,7 +11,8 @@ from pipelines.writer import RunDir
 from schemas.capfilt import COLUMN_NAMES, MARKER_DIR, SHARD_DIR
 
 SOURCES = ("web", "synthetic", "both")
-KEEP_COLUMNS = ("shard", "key", "url", "source", "rank", "text", "itm", "itc")
+SCORES = ("itm", "itc", "clip")  # what --top-k ranks by: the filter's ITM p(match) or ITC cosine, the scorer's CLIP
+KEEP_COLUMNS = ("shard", "key", "url", "source", "rank", "text", "itm", "itc", "clip")
 
 
 def committed_files(run: str) -> list[str]:
@@ -31,12 +32,16 @@ def open_run(run: str) -> duckdb.DuckDBPyConnection:
     # read_parquet in a view needs literals; the paths are ours (listed from the run's markers), not user SQL.
     listed = ", ".join(_literal(url) for url in files)
     con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}])")
-    con.execute("""
+    # Runs of schema version 1 (before the CLIP scorer) have no clip scores: they read as nulls.
+    scored = "web_clip" in {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
+    web_clip, clip = ("web_clip", "s.c.clip") if scored else ("CAST(NULL AS FLOAT)", "CAST(NULL AS FLOAT)")
+    con.execute(f"""
         CREATE VIEW captions AS
-        SELECT shard, key, url, 'web' AS source, 0 AS rank, web_caption AS text, web_itm AS itm, web_itc AS itc
+        SELECT shard, key, url, 'web' AS source, 0 AS rank, web_caption AS text, web_itm AS itm, web_itc AS itc,
+               {web_clip} AS clip
         FROM samples WHERE status = 'ok' AND web_itm IS NOT NULL
         UNION ALL
-        SELECT shard, key, url, 'synthetic', s.rank, s.c.text, s.c.itm, s.c.itc
+        SELECT shard, key, url, 'synthetic', s.rank, s.c.text, s.c.itm, s.c.itc, {clip}
         FROM (SELECT shard, key, url, unnest(synthetic) AS c, generate_subscripts(synthetic, 1) AS rank
               FROM samples WHERE status = 'ok') AS s
     """)
@@ -56,25 +61,44 @@ def check_columns(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def keep_list(con: duckdb.DuckDBPyConnection, threshold: float = 0.5, source: str = "both",
-              columns: Sequence[str] = ()) -> pa.Table:
-    """BLIP's CapFilt choice: every caption (web and/or synthetic) whose ITM p(match) >= threshold, per image.
+def keep_list(con: duckdb.DuckDBPyConnection, threshold: float | None = 0.5, source: str = "both",
+              columns: Sequence[str] = (), top_k: int | None = None, by: str = "itm") -> pa.Table:
+    """The kept captions, per image (web first, then the synthetic ones in sampling order; with `top_k`, the best
+    first):
+
+    - BLIP's CapFilt (the default): every caption (web and/or synthetic) whose ITM p(match) >= threshold;
+    - with `top_k`: the `top_k` best captions of each image by `by` (itm, itc or clip), after the threshold when one
+      is given (None: no threshold). BLIP-2's CapFilt is top_k=2, by="clip". Ties go to the web caption, then to
+      the earlier synthetic one, so a selection never depends on the order rows are read.
 
     `columns`: sample columns (schemas/capfilt.py) to carry beside each kept caption, such as width or web_caption.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+    if top_k is None and threshold is None:
+        raise ValueError("give a threshold, a top_k, or both")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top-k must be at least 1, got {top_k}")
+    if by not in SCORES:
+        raise ValueError(f"--by must be one of {', '.join(SCORES)}, got {by!r}")
+    if by == "clip" and con.execute("SELECT count(*) FROM captions WHERE clip IS NOT NULL").fetchall()[0][0] == 0:
+        raise ValueError("the run has no CLIP scores: run capfilt with --scorer (e.g. clip-vit-large-patch14_openai) "
+                         "to rank by clip")
     extra = [name for name in dict.fromkeys(check_columns(columns)) if name not in KEEP_COLUMNS]
-    # Only schema names reach this point, and quoted as identifiers; an ok row's (shard, key) is unique.
+    # Only schema names and SCORES reach this point, and quoted as identifiers; an ok row's (shard, key) is unique.
     select = ", ".join([f"c.{name}" for name in KEEP_COLUMNS] + [f's."{name}"' for name in extra])
     join = "JOIN samples AS s ON s.shard = c.shard AND s.key = c.key AND s.status = 'ok'" if extra else ""
+    best = f"c.{by} DESC NULLS LAST, c.source DESC, c.rank"  # 'web' sorts after 'synthetic': DESC puts it first
+    ranked = f"""SELECT *, row_number() OVER (PARTITION BY shard, key ORDER BY {best.replace('c.', '')}) AS place
+                 FROM captions
+                 WHERE ($threshold IS NULL OR itm >= $threshold) AND ($source = 'both' OR source = $source)"""
     return con.sql(
-        f"""SELECT {select} FROM captions AS c {join}
-            WHERE c.itm >= $threshold AND ($source = 'both' OR c.source = $source)
-            ORDER BY c.shard, c.key, c.source DESC, c.rank""",
-        params={"threshold": threshold, "source": source},
+        f"""SELECT {select} FROM ({ranked}) AS c {join}
+            WHERE $top_k IS NULL OR c.place <= $top_k
+            ORDER BY c.shard, c.key, {best if top_k else 'c.source DESC, c.rank'}""",
+        params={"threshold": threshold, "source": source, "top_k": top_k},
     ).to_arrow_table()
 
 

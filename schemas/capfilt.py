@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the CLIP scorer's web_clip and synthetic[].clip (issue 25)
 
 # Every column, with what a curator needs to know about it. The schema below is built from this table.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -16,10 +16,17 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("web_caption", pa.string(), "the original alt-text (KEY.txt, else the json 'caption'); null when the sample has none"),
     ("web_caption_invalid_utf8", pa.bool_(), "true when the caption bytes were not UTF-8 and were decoded with replacement characters"),
     ("web_itm", pa.float32(), "filter ITM p(match) of image and web caption; null without a caption or on error"),
-    ("web_itc", pa.float32(), "filter ITC cosine similarity of image and web caption; null without a caption or on error"),
-    ("synthetic", pa.list_(pa.struct([("text", pa.string()), ("itm", pa.float32()), ("itc", pa.float32())])),
-     "the captioner's nucleus-sampled captions, in sampling order, each with its filter ITM p(match) and ITC cosine"),
-    ("image_embedding", None, "L2-normalised ITC image embedding of the filter (fixed-size float32 list); null on error"),
+    ("web_itc", pa.float32(), "filter ITC cosine similarity of image and web caption (BLIP-2: the largest over its 32 "
+                              "query embeddings); null without a caption or on error"),
+    ("web_clip", pa.float32(), "CLIP scorer's cosine similarity of image and web caption (--scorer); null without a "
+                               "scorer, a caption, or on error"),
+    ("synthetic", pa.list_(pa.struct([("text", pa.string()), ("itm", pa.float32()), ("itc", pa.float32()),
+                                      ("clip", pa.float32())])),
+     "the captioner's nucleus-sampled captions, in sampling order, each with its filter ITM p(match), ITC cosine and "
+     "CLIP cosine (null without --scorer)"),
+    ("image_embedding", None, "L2-normalised image embedding of the filter (fixed-size float32 list): BLIP's ITC "
+                              "embedding; for a BLIP-2 filter the normalised mean of its 32 query embeddings; null on "
+                              "error"),
     ("width", pa.int32(), "width of the decoded image in pixels"),
     ("height", pa.int32(), "height of the decoded image in pixels"),
     ("image_format", pa.string(), "extension of the image member (jpg, png, webp, ...)"),

@@ -50,7 +50,7 @@ def test_keep_carries_the_columns_asked_for(run, tmp_path):
     assert curate(["keep", str(run), "--threshold", "0.5", "--columns", "width, web_caption,key,width", "--to",
                    str(target)]) == 0
     table = pq.read_table(target)
-    assert table.column_names == ["shard", "key", "url", "source", "rank", "text", "itm", "itc", "width",
+    assert table.column_names == ["shard", "key", "url", "source", "rank", "text", "itm", "itc", "clip", "width",
                                   "web_caption"]
     plain = keep_list(open_run(str(run)), 0.5)
     assert table.select(plain.column_names).equals(plain) and set(table.column("width").to_pylist()) == {40}
