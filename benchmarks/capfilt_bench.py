@@ -255,16 +255,21 @@ def main(argv=None) -> int:
         args.shard_counts, args.per_shard, args.naive_images = "1,2", 4, 2
     captioner, filter_name = f"{args.size}-random_caption", f"{args.size}-random_retrieval"
     counts = [int(c) for c in args.shard_counts.split(",")]
-    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}, size {args.size}",
-             f"command: python benchmarks/capfilt_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}"]
     rows = overhead_rows(args, captioner, filter_name, counts[-1]) if args.overhead else \
         full_rows(args, captioner, filter_name, counts)
+    print_table("capfilt_bench.py", argv, rows, args.markdown, f", size {args.size}")
+    return 0
+
+
+def print_table(script: str, argv, rows: list[tuple[str, str]], markdown: str | None, machine_note: str = "") -> None:
+    """The benchmark's table, headed by the machine and the command; also written to `markdown` when given."""
+    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}{machine_note}",
+             f"command: python benchmarks/{script} {' '.join(argv if argv is not None else sys.argv[1:])}"]
     table = "\n".join(lines + ["", "| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
     print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    return 0
+    if markdown:
+        Path(markdown).write_text(table + "\n")
 
 
 def overhead_rows(args, captioner: str, filter_name: str, count: int) -> list[tuple[str, str]]:

@@ -29,7 +29,9 @@ def summary_line(summary: dict) -> str:
 
 _LINES = {
     "start": lambda e: (f"capfilt: {e['shards']} shards ({e['already']} already done), {e['actors']} model actor(s) "
-                        f"on {e['device']} ({e['precision']}), captioner {e['captioner']}, filter {e['filter']}"),
+                        f"on {e['device']} ({e['precision']}), captioner {e['captioner']}, filter {e['filter']}"
+                        f"{', scorer ' + e['scorer'] if e.get('scorer') else ''}"
+                        f"{' (one vision pass for both)' if e.get('shared_vision') else ''}"),
     "shard": lambda e: (f"[{e['committed']}/{e['total']} shards] {e['shard']}: {e['samples']} samples, {e['ok']} ok"
                         f"{retries_text(e['retries'])} | run: {e['run_samples']} samples, {e['run_rate']:.1f}/s, "
                         f"{e['errors']} errors"),

@@ -38,7 +38,7 @@ def open_run(config: CapFiltConfig, shards: list[Shard], out: RunDir, info: dict
 def start_event(config: CapFiltConfig, shards: list[Shard], todo: list[Shard], info: dict, actors: int) -> dict:
     return {"event": "start", "shards": len(shards), "already": len(shards) - len(todo), "actors": actors,
             "device": info["device"], "precision": info["precision"], "captioner": config.captioner,
-            "filter": config.filter}
+            "filter": config.filter, "scorer": config.scorer, "shared_vision": info.get("shared_vision", False)}
 
 
 def commit(out: RunDir, entry: ShardEntry, embedding_dim: int) -> dict:

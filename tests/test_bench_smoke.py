@@ -27,6 +27,28 @@ def test_benchmark_smoke_run(tmp_path):
     assert text.count("images/s") >= 8
 
 
+def test_blip2_benchmark_smoke_run(tmp_path):
+    """`blip2_bench.py --size tiny --quick` exits 0 and reports the stage shared and unshared and the naive loop;
+    `--memory` counts the public architectures' parameters on the meta device (BLIP-2 OPT-2.7b: 3.7-3.8 B)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    table = tmp_path / "blip2.md"
+    done = subprocess.run([sys.executable, "benchmarks/blip2_bench.py", "--size", "tiny", "--quick",
+                           "--markdown", str(table)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    values = dict(tuple(cell.strip() for cell in line.strip("|").split("|")) for line in table.read_text().splitlines()
+                  if line.startswith("| ") and not line.startswith("| measure"))
+    for measure in ("stage, one vision pass per image for both roles", "stage, each role its own vision pass",
+                    "naive loop, fp32, 1 images", "stage against the naive loop (fp32)", "the shared vision pass"):
+        assert measure in values, measure
+    shared = float(values["stage, one vision pass per image for both roles"].split(" s/image")[0].split(", ")[-1])
+    assert shared > 0 and values["prompt"] == "'a photo of'"
+    done = subprocess.run([sys.executable, "benchmarks/blip2_bench.py", "--memory"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    opt = re.search(r"\| captioner BLIP-2 opt-2.7b \| (\d+) M, ([0-9.]+) GiB", done.stdout)
+    assert opt and 3700 <= int(opt.group(1)) <= 3850 and 6.5 < float(opt.group(2)) < 7.5, done.stdout
+
+
 def test_benchmark_overhead_mode(tmp_path):
     """`--overhead` measures only the job on Ray against the same shards in one process: each of the `--pairs` jobs
     between two in-process runs and held against their mean, with where the cores went during each job."""

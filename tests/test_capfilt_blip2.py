@@ -176,6 +176,8 @@ def test_the_job_on_ray_with_blip2_and_a_scorer(shards, tmp_path, capsys):
                          "--num-captions", "2", "--batch-size", "4"])
     assert code == 0
     assert len([r for r in rows(out) if r["status"] == "ok" and r["synthetic"][0]["clip"] is not None]) == 8
+    start = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("capfilt: "))
+    assert "scorer tiny-random_clip (one vision pass for both)" in start, start
 
 
 @pytest.mark.parametrize("argv,message", [
