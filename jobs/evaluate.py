@@ -92,7 +92,7 @@ def evaluate(args: argparse.Namespace, log=print) -> int:
         evaldir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--output {args.output}: cannot create the evaluation directory ({exc.strerror})") from None
-    fixtures = evaldir / FIXTURES_DIR
+    fixtures = (evaldir / FIXTURES_DIR).resolve()  # the suite resolves a relative variable against its own folder
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
         overrides = parse_model_overrides(args.model)

@@ -233,7 +233,8 @@ def test_role_server_runs_blip2_roles_with_their_protocols(photos):
 
 # --- the job, end to end ---------------------------------------------------------------------------------------
 
-def test_fixture_suites_blip2_tasks_run_through_the_job(tmp_path, capsys):
+def test_fixture_suites_blip2_tasks_run_through_the_job(tmp_path, capsys, monkeypatch):
+    """As the README calls it: a relative --output, the fixtures built inside it."""
     pytest.importorskip("ray")
     import ray
 
@@ -244,7 +245,8 @@ def test_fixture_suites_blip2_tasks_run_through_the_job(tmp_path, capsys):
     connect(num_cpus=2)
     try:
         out = tmp_path / "evals"
-        code = main(["--suite", "fixtures", "--output", str(out), "--model-threads", "1", "--tasks",
+        monkeypatch.chdir(tmp_path)
+        code = main(["--suite", "fixtures", "--output", "evals", "--model-threads", "1", "--tasks",
                      ",".join(BLIP2_TASKS)])
     finally:
         ray.shutdown()
