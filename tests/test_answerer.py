@@ -123,7 +123,8 @@ def test_answer_generates_one_string_per_question_within_max_length(answerer, pi
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     out = calls[0][2]
     assert out.shape[1] <= 6
-    assert answers == [answerer.tokenizer.decode(row[1:], skip_special_tokens=True).strip() for row in out]
+    assert answers == [answerer.tokenizer.decode(row[1:], skip_special_tokens=True,
+                                                 clean_up_tokenization_spaces=True).strip() for row in out]
 
 
 LONG_QUESTION = "what is the man wearing in this picture of the sky above the street next to the tree and the house"
