@@ -83,21 +83,21 @@ def keep_list(con: duckdb.DuckDBPyConnection, threshold: float | None = 0.5, sou
         raise ValueError(f"top-k must be at least 1, got {top_k}")
     if by not in SCORES:
         raise ValueError(f"--by must be one of {', '.join(SCORES)}, got {by!r}")
-    if by == "clip" and con.execute("SELECT count(*) FROM captions WHERE clip IS NOT NULL").fetchall()[0][0] == 0:
+    if by == "clip" and not con.execute("SELECT 1 FROM captions WHERE clip IS NOT NULL LIMIT 1").fetchall():
         raise ValueError("the run has no CLIP scores: run capfilt with --scorer (e.g. clip-vit-large-patch14_openai) "
                          "to rank by clip")
     extra = [name for name in dict.fromkeys(check_columns(columns)) if name not in KEEP_COLUMNS]
     # Only schema names and SCORES reach this point, and quoted as identifiers; an ok row's (shard, key) is unique.
     select = ", ".join([f"c.{name}" for name in KEEP_COLUMNS] + [f's."{name}"' for name in extra])
     join = "JOIN samples AS s ON s.shard = c.shard AND s.key = c.key AND s.status = 'ok'" if extra else ""
-    best = f"c.{by} DESC NULLS LAST, c.source DESC, c.rank"  # 'web' sorts after 'synthetic': DESC puts it first
-    ranked = f"""SELECT *, row_number() OVER (PARTITION BY shard, key ORDER BY {best.replace('c.', '')}) AS place
+    best = f"{by} DESC NULLS LAST, source DESC, rank"  # 'web' sorts after 'synthetic': DESC puts it first
+    ranked = f"""SELECT *, row_number() OVER (PARTITION BY shard, key ORDER BY {best}) AS place
                  FROM captions
                  WHERE ($threshold IS NULL OR itm >= $threshold) AND ($source = 'both' OR source = $source)"""
     return con.sql(
         f"""SELECT {select} FROM ({ranked}) AS c {join}
             WHERE $top_k IS NULL OR c.place <= $top_k
-            ORDER BY c.shard, c.key, {best if top_k else 'c.source DESC, c.rank'}""",
+            ORDER BY c.shard, c.key, {'c.place' if top_k else 'c.source DESC, c.rank'}""",
         params={"threshold": threshold, "source": source, "top_k": top_k},
     ).to_arrow_table()
 
