@@ -1,4 +1,5 @@
-"""Command line: `python -m models list` and `python -m models run NAME IMAGE [--question Q | --text T ...]`."""
+"""Command line: `python -m models list`, `python -m models run NAME IMAGE [--question Q | --text T ...]` and
+`python -m models convert SRC.pth --to DIR [--task TASK] [--tokenizer DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,30 @@ def main(argv: list[str] | None = None, prog: str = "python -m models") -> int:
     run.add_argument("--text", nargs="+", help="text(s) to score with a retrieval model")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     run.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="number format")
+    conv = sub.add_parser("convert", help="convert a seed's .pth (toolbox, LAVIS, original BLIP) into Hugging Face layout",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    conv.add_argument("source", help="the .pth file")
+    conv.add_argument("--to", required=True, help="the directory to write (replaced whole if it exists)")
+    conv.add_argument("--task", choices=["caption", "retrieval", "vqa"],
+                      help="the model to take out of a pre-trained checkpoint that holds several (default: the one "
+                           "the file holds)")
+    conv.add_argument("--tokenizer", help="a directory with BERT's vocab.txt or a BLIP model's tokenizer (default: "
+                                          "$CAPFILT_TOKENIZER, else the .pth's folder)")
+    conv.add_argument("--head-dim", type=int,
+                      help="width of one attention head (default $CAPFILT_HEAD_DIM, else 64 as in every released "
+                           "BLIP; weights do not record it)")
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        from models.convert import convert
+
+        try:
+            print(convert(args.source, args.to, task=args.task, tokenizer=args.tokenizer,
+                          head_dim=args.head_dim).summary())
+        except ModelLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.to}: load it like any local model (e.g. --captioner {args.to})")
+        return 0
     if args.command == "list":
         for name in list_models(args.task):
             entry = zoo_entry(name)

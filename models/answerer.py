@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 
 from models.base import BlipRole
+from models.beam import blip_beam_search
 
 QUESTION_MAX_LENGTH = 35
 # BLIP scores a candidate answer by minus its decoder loss, and that loss is label-smoothed (0.1 in BLIP's med.py);
@@ -35,23 +36,30 @@ class Answerer(BlipRole):
 
     @torch.inference_mode()
     def answer(self, images, questions: Sequence[str], num_beams: int = 3, max_length: int = 10,
-               min_length: int = 1) -> list[str]:
-        """Generated answers (BLIP's OK-VQA / OCR-VQA protocol: beam 3, max 10, min 1)."""
+               min_length: int = 1, attend_padding: bool = False, beam_rule: str = "blip") -> list[str]:
+        """Generated answers (BLIP's OK-VQA / OCR-VQA protocol: beam 3, max 10, min 1), scored as BLIP's beam search
+        (models.beam; `beam_rule="toolbox"` stops as the toolbox's transformers does); one beam is greedy decoding.
+
+        The decoder reads the question's states through the question's own mask, so an answer does not depend on the
+        other questions of its batch. The original BLIP, LAVIS and the toolbox pass an all-ones mask here, so the
+        padding of shorter questions is read too and their answers depend on the batch's longest question:
+        `attend_padding=True` does the same (it reproduces their outputs batch for batch)."""
         states, mask = self.encode_questions(images, questions)
+        if attend_padding:
+            mask = torch.ones_like(mask)
         start = torch.full((states.shape[0], 1), self.bos_id, dtype=torch.long, device=self.device)
         with self.autocast():
-            out = self.model.text_decoder.generate(
-                input_ids=start,
-                encoder_hidden_states=states,
-                encoder_attention_mask=mask,  # the question's own mask: padding is not attended
-                eos_token_id=self.sep_id,
-                pad_token_id=self.pad_id,
-                num_beams=num_beams,
-                max_length=max_length,
-                min_length=min_length,
-                do_sample=False,
-            )
-        return self.decode(out[:, 1:])
+            if num_beams == 1:
+                out = self.model.text_decoder.generate(
+                    input_ids=start, encoder_hidden_states=states,
+                    encoder_attention_mask=mask,  # the question's own mask: padding is not attended
+                    eos_token_id=self.sep_id, pad_token_id=self.pad_id, num_beams=1, max_length=max_length,
+                    min_length=min_length, do_sample=False)
+                return self.decode(out[:, 1:])
+            best = blip_beam_search(self.model.text_decoder, start, states, mask, num_beams=num_beams,
+                                    max_length=max_length, min_length=min_length, eos_token_id=self.sep_id,
+                                    pad_token_id=self.pad_id, rule=beam_rule)
+        return self.decode([tokens[1:] for tokens in best])
 
     @torch.inference_mode()
     def rank(self, images, questions: Sequence[str], candidates: Sequence[str], k: int = 128,

@@ -142,11 +142,13 @@ class BlipRole(Role):
         self.pad_id = text.pad_token_id
         self.enc_id = self._enc_token_id()
 
-    def decode(self, ids: torch.Tensor) -> list[str]:
-        """BLIP's decoded form: WordPiece's spaces around punctuation cleaned up ("a man's hat", not "a man ' s hat"),
-        as the transformers BLIP ran (4.15) did by default; transformers 5 no longer does unless asked."""
+    def decode(self, ids) -> list[str]:
+        """Token ids (a (B, L) tensor or a list of 1-d tensors) -> texts in BLIP's decoded form: WordPiece's spaces
+        around punctuation cleaned up ("a man's hat", not "a man ' s hat"), as the transformers BLIP ran (4.15) did
+        by default; transformers 5 no longer does unless asked."""
+        rows = [row.tolist() for row in ids]
         return [text.strip() for text in
-                self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)]
+                self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=True)]
 
     def _enc_token_id(self) -> int:
         # BLIP's [ENC] follows [DEC] in the vocabulary (30523 after 30522); some tokenizers do not name it.

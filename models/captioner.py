@@ -8,6 +8,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from models.base import BlipRole
+from models.beam import blip_beam_search
 from models.patches import shared_image_rows
 from models.sampling import SeededNucleus, derive_seed, row_uniforms
 from models.sampling_config import DEFAULT, PROMPT
@@ -45,14 +46,29 @@ class Captioner(BlipRole):
                 pad_token_id=self.pad_id,
                 **kwargs,
             )
-        return self.decode(out[:, input_ids.shape[1]:])
+        return self.strip_prompt(out[:, 1:], prompt)
+
+    def strip_prompt(self, ids, prompt: str) -> list[str]:
+        """BLIP's captions: the sequence after [DEC] decoded, then as many characters cut as the prompt has
+        (`caption[len(prompt):]` in the original, LAVIS and the toolbox alike; a caption whose first token is a
+        word piece joins the prompt's last word, and loses it with the cut)."""
+        return [text[len(prompt):].strip() for text in self.decode(ids)]
 
     def caption(self, images, prompt: str = PROMPT, num_beams: int = 3, max_length: int = 20,
-                min_length: int = 5, repetition_penalty: float = 1.0) -> list[str]:
-        """BLIP's evaluation protocol: beam search; lengths count [DEC] and the prompt, as in BLIP."""
+                min_length: int = 5, repetition_penalty: float = 1.0, beam_rule: str = "blip") -> list[str]:
+        """BLIP's evaluation protocol: beam search scored as BLIP's (models.beam; `beam_rule="toolbox"` stops as
+        the toolbox's transformers does); lengths count [DEC] and the prompt, as in BLIP. One beam is greedy."""
         image_embeds = self.encode_images(images)
-        return self.generate(image_embeds, prompt, num_beams=num_beams, max_length=max_length,
-                              min_length=min_length, repetition_penalty=repetition_penalty, do_sample=False)
+        if num_beams == 1:
+            return self.generate(image_embeds, prompt, num_beams=1, max_length=max_length, min_length=min_length,
+                                 repetition_penalty=repetition_penalty, do_sample=False)
+        input_ids = self.prompt_ids(prompt, image_embeds.shape[0])
+        with torch.inference_mode(), self.autocast():
+            best = blip_beam_search(self.model.text_decoder, input_ids, image_embeds, num_beams=num_beams,
+                                    max_length=max_length, min_length=min_length, eos_token_id=self.sep_id,
+                                    pad_token_id=self.pad_id, repetition_penalty=repetition_penalty,
+                                    rule=beam_rule)
+        return self.strip_prompt([tokens[1:] for tokens in best], prompt)
 
     def sample(self, images, sample_ids: Sequence[str], seed: int = DEFAULT.seed,
                num_captions: int = DEFAULT.num_captions, prompt: str | None = None, top_p: float = DEFAULT.top_p,

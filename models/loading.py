@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import torch
 import transformers
 
 from models import tiny, tiny_blip2, tiny_clip
-from models.names import ARCHITECTURES, ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, resolve, zoo_entry
+from models.names import (ARCHITECTURES, ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, pth_route,
+                          resolve, zoo_entry)
 from models.patches import patch_blip
 
 __all__ = ["ARCHITECTURES", "ZOO_FILE", "Checkpoint", "ModelLoadError", "ModelSpec", "list_models", "load_checkpoint",
@@ -25,6 +27,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+logger = logging.getLogger("capfilt.models")
 
 
 @dataclass
@@ -51,6 +54,10 @@ def load_checkpoint(name: str, task: str | None = None) -> Checkpoint:
     spec = check_model(name, task)
     if spec.kind in ("tiny", "random"):
         return _build_random(spec)
+    if spec.kind == "pth":
+        from models.convert import converted
+
+        return _load_directory(spec, converted(spec.location, task), task, None)
     directory, fingerprint = _fetch(spec) if spec.kind == "hub" else (Path(spec.location), None)
     if not directory.is_dir():
         raise ModelLoadError(f"{name!r}: its directory {str(directory)!r} does not exist")
@@ -87,7 +94,7 @@ def _fetch(spec: ModelSpec) -> tuple[Path, str]:
         raise ModelLoadError(
             f"cannot get the weights of {spec.name!r}: the Hugging Face hub is unreachable from here and there is "
             f"no local copy of {repo} ({type(exc).__name__}); download it where the hub is reachable "
-            f"(`hf download {repo} --local-dir DIR`) and pass DIR instead"
+            f"(`hf download {repo} --local-dir DIR`) and pass DIR instead{pth_route(spec.name)}"
         ) from None
     return path, f"{repo}@{path.name}"
 
@@ -106,7 +113,8 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
     if not weights:
         pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
         what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
-        raise ModelLoadError(f"{str(directory)!r} has {what}; capfilt loads safetensors only (convert with safetensors)")
+        raise ModelLoadError(f"{str(directory)!r} has {what}; capfilt loads safetensors only (a seed's .pth: "
+                             "`python -m models convert FILE.pth --to DIR`, or name the .pth itself)")
     architectures = config.get("architectures") or []
     known = [a for a in architectures if a in ARCHITECTURES]
     if not known:
@@ -128,6 +136,8 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; the user needs one sentence
         raise ModelLoadError(f"cannot load {str(directory)!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if family == "blip" and (spec.kind == "hub" or str(config.get("transformers_version", "")).startswith("4.")):
+        original_vision_eps(model)
     patch_blip(model)
     if family == "blip2" and found_task != "retrieval" and getattr(model.config, "image_token_index", None) is None:
         raise ModelLoadError(f"{str(directory)!r}: its config has no image_token_index (a BLIP-2 checkpoint saved "
@@ -143,6 +153,28 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
     mean = tuple(processor.get("image_mean", CLIP_MEAN))
     std = tuple(processor.get("image_std", CLIP_STD))
     return Checkpoint(spec, family, found_task, model, tokenizer, size, mean, std, fingerprint or _content_hash(weights))
+
+
+_EPS_SAID = []
+
+
+def original_vision_eps(model) -> None:
+    """Salesforce's BLIP checkpoints on the hub (converted from the original with transformers 4, as their configs
+    record) keep transformers' default ViT LayerNorm eps, 1e-5; the original ViT, which trained them, uses 1e-6, and
+    ITM, ITC and captions move with it (issue 26). Follow the original, and say so once per process."""
+    from models.convert import BLIP_VISION_EPS
+
+    vision = model.config.vision_config
+    if vision.layer_norm_eps == BLIP_VISION_EPS:
+        return
+    if not _EPS_SAID:
+        _EPS_SAID.append(True)
+        logger.warning("BLIP checkpoint from the hub: its vision LayerNorm eps %g becomes the original ViT's %g",
+                       vision.layer_norm_eps, BLIP_VISION_EPS)
+    vision.layer_norm_eps = BLIP_VISION_EPS
+    for module in model.vision_model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = BLIP_VISION_EPS
 
 
 def _read_json(path: Path) -> dict:

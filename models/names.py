@@ -44,8 +44,8 @@ class ModelSpec:
     name: str
     family: str | None  # blip | blip2 | clip; None until a config is read
     task: str | None  # caption | retrieval | vqa | similarity | nlvr | grounding; None until a config is read
-    kind: str  # tiny | random | hub | dir | unavailable
-    location: str  # tiny seed, repo id[@revision], directory, or the reason it is unavailable
+    kind: str  # tiny | random | hub | dir | pth | unavailable
+    location: str  # tiny seed, repo id[@revision], directory, .pth file, or the reason it is unavailable
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +65,8 @@ def list_models(task: str | None = None) -> list[str]:
 
 
 def resolve(name: str) -> ModelSpec:
-    """Map a zoo name, local directory or hub repo id to a ModelSpec (no network, no weights read)."""
+    """Map a zoo name, local directory, `.pth` file (the seeds' checkpoints, converted at load) or hub repo id to a
+    ModelSpec (no network, no weights read)."""
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError("a model name must be a non-empty string: a zoo name, a hub repo id or a directory")
     entry = _zoo().get(name)
@@ -81,11 +82,16 @@ def resolve(name: str) -> ModelSpec:
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelSpec(name, None, None, "dir", str(path.resolve()))
+    if path.suffix == ".pth":
+        if not path.is_file():
+            raise ModelLoadError(f"{name!r} does not exist")
+        return ModelSpec(name, None, None, "pth", str(path.resolve()))
     repo = name.removeprefix("hf:")
     if repo.count("/") == 1 and not repo.startswith(("/", ".", "~")) and not path.exists():
         return ModelSpec(name, None, None, "hub", repo)
     raise ModelLoadError(
-        f"unknown model {name!r}: not a zoo name (see `python -m models list`), an existing directory or a hub repo id"
+        f"unknown model {name!r}: not a zoo name (see `python -m models list`), an existing directory, a .pth file or "
+        "a hub repo id"
     )
 
 
@@ -94,10 +100,20 @@ def check_model(name: str, task: str | None = None) -> ModelSpec:
     another task (a directory's or hub repo's task is known only once its config is read, at load)."""
     spec = resolve(name)
     if spec.kind == "unavailable":
-        raise ModelLoadError(f"{name!r} has no checkpoint in Hugging Face layout: {spec.location}")
+        raise ModelLoadError(f"{name!r} has no checkpoint in Hugging Face layout: {spec.location}{pth_route(name)}")
     if task is not None and spec.task is not None and spec.task != task:
         raise ModelLoadError(f"{name!r} is a {spec.task} model, but a {task} model is needed here")
     return spec
+
+
+def pth_route(name: str) -> str:
+    """For a zoo name with a toolbox download: the way to run it from that `.pth` (for an error message)."""
+    url = _zoo().get(name, {}).get("pth")
+    if not url:
+        return ""
+    file = url.rsplit("/", 1)[-1]
+    return (f"; or download {file} ({url}) and name the file itself, or convert it once with "
+            f"`python -m models convert {file} --to DIR --tokenizer TOKENIZER_DIR` and name DIR")
 
 
 def check_device(device: str, precision: str = "auto") -> None:

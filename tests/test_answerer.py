@@ -118,11 +118,13 @@ def test_rank_refuses_an_empty_candidate_list(answerer, pixels):
 
 def test_answer_generates_one_string_per_question_within_max_length(answerer, pixels, spy):
     """answer() gives one string per question; the decoder output is at most max_length tokens with [DEC]."""
-    calls = spy(answerer.model.text_decoder, "generate")
+    import models.answerer as module
+
+    calls = spy(module, "blip_beam_search")
     answers = answerer.answer(pixels, QUESTIONS, max_length=6)
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     out = calls[0][2]
-    assert out.shape[1] <= 6
+    assert all(len(row) <= 6 and row[0] == answerer.bos_id for row in out)
     assert answers == [answerer.tokenizer.decode(row[1:], skip_special_tokens=True,
                                                  clean_up_tokenization_spaces=True).strip() for row in out]
 

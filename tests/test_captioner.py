@@ -105,21 +105,21 @@ def test_row_uniforms_depend_only_on_the_row_seed():
 
 def test_caption_strips_the_prompt_and_respects_max_length(captioner, pixels, spy):
     """The decoder sees [DEC] + prompt, generates at most max_length tokens in all, and the prompt is stripped."""
-    calls = spy(captioner.model.text_decoder, "generate")
+    import models.captioner as module
+
+    calls = spy(module, "blip_beam_search")
     captions = captioner.caption(pixels, max_length=12, min_length=8)
     prompt_ids = captioner.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
-    out = calls[0][2]
-    assert out.shape[0] == len(pixels)
-    assert out[:, 0].eq(captioner.bos_id).all()
-    assert out[:, 1 : 1 + len(prompt_ids)].eq(torch.tensor(prompt_ids)).all()
-    assert out.shape[1] <= 12
-    generated = out[:, 1 + len(prompt_ids) :]
-    lengths = (generated != captioner.pad_id).sum(1)
-    assert (lengths <= 12 - 1 - len(prompt_ids)).all() and (lengths >= 8 - 1 - len(prompt_ids)).all()
-    assert len(captions) == len(pixels)
-    for caption, ids in zip(captions, generated):
+    best = calls[0][2]
+    assert len(best) == len(pixels) == len(captions)
+    for caption, out in zip(captions, best):
+        assert out[0] == captioner.bos_id
+        assert out[1 : 1 + len(prompt_ids)].eq(torch.tensor(prompt_ids)).all()
+        # the whole sequence, end token excluded, counts against the lengths (BLIP's rule)
+        assert 8 <= len(out) <= 12 and captioner.sep_id not in out.tolist()
+        generated = out[1 + len(prompt_ids) :]
         assert caption and not caption.startswith("a picture of")
-        assert caption == captioner.tokenizer.decode(ids, skip_special_tokens=True,
+        assert caption == captioner.tokenizer.decode(generated, skip_special_tokens=True,
                                                      clean_up_tokenization_spaces=True).strip()
 
 
@@ -133,9 +133,11 @@ def test_captions_are_decoded_in_blips_cleaned_up_form(captioner):
 
 def test_caption_with_another_prompt_strips_that_prompt(captioner, pixels, spy):
     """A custom prompt is fed to the decoder and stripped from the output, like the default one."""
-    calls = spy(captioner.model.text_decoder, "generate")
+    import models.captioner as module
+
+    calls = spy(module, "blip_beam_search")
     captions = captioner.caption(pixels[:2], prompt="a photo of the ")
-    fed = captioner.tokenizer.decode(calls[0][1]["input_ids"][0], skip_special_tokens=True)
+    fed = captioner.tokenizer.decode(calls[0][0][1][0], skip_special_tokens=True)
     assert fed == "a photo of the"
     assert all(not c.startswith("a photo of the") for c in captions)
 

@@ -1,0 +1,171 @@
+"""The key layouts of the seeds' `.pth` checkpoints, as data: one table per source layout, read by models/convert.py.
+
+A layout names, for each of its top-level components (a key prefix), the Hugging Face component it becomes and the
+rules that rename the keys inside it; the keys it drops on purpose, with the reason; and how its components tell
+the task. A rule is (source regex, target template), matched against the whole key after the component prefix;
+the first rule that matches wins, and a key no rule matches is an error naming it. Torch-free.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Inside a component whose module names already are transformers' (BLIP's med.py is BERT's code, as is the
+# toolbox's XBert): every key keeps its name.
+SAME = ((r"(.+)", r"\1"),)
+
+# The timm-style ViT of the original BLIP and of LAVIS -> transformers' BlipVisionModel.
+TIMM_VIT = (
+    (r"cls_token", "embeddings.class_embedding"),
+    (r"pos_embed", "embeddings.position_embedding"),
+    (r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embedding.\1"),
+    (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
+    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
+    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"encoder.layers.\1.self_attn.qkv.\2"),
+    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.projection.\2"),
+    (r"blocks\.(\d+)\.mlp\.fc([12])\.(weight|bias)", r"encoder.layers.\1.mlp.fc\2.\3"),
+    (r"norm\.(weight|bias)", r"post_layernorm.\1"),
+)
+
+# The toolbox's (mmpretrain's) VisionTransformer -> transformers' BlipVisionModel.
+MM_VIT = (
+    (r"cls_token", "embeddings.class_embedding"),
+    (r"pos_embed", "embeddings.position_embedding"),
+    (r"patch_embed\.projection\.(weight|bias)", r"embeddings.patch_embedding.\1"),
+    (r"layers\.(\d+)\.ln1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
+    (r"layers\.(\d+)\.ln2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
+    (r"layers\.(\d+)\.attn\.qkv\.(weight|bias)", r"encoder.layers.\1.self_attn.qkv.\2"),
+    (r"layers\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.projection.\2"),
+    (r"layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"encoder.layers.\1.mlp.fc1.\2"),
+    (r"layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"encoder.layers.\1.mlp.fc2.\2"),
+    (r"ln1\.(weight|bias)", r"post_layernorm.\1"),
+)
+
+# What a BLIP model of each task is made of, by its transformers class: the components every one of its parameters
+# belongs to. The converter fills each of them from the source, or refuses.
+BLIP_TASKS = {
+    "caption": ("BlipForConditionalGeneration", ("vision_model", "text_decoder")),
+    "retrieval": ("BlipForImageTextRetrieval", ("vision_model", "text_encoder", "vision_proj", "text_proj", "itm_head")),
+    "vqa": ("BlipForQuestionAnswering", ("vision_model", "text_encoder", "text_decoder")),
+}
+# Tasks a layout can hold whose model classes are issue 27's (NLVR2, RefCOCO grounding).
+NOT_YET = {
+    "nlvr": "NLVR2 checkpoints convert once capfilt has an NLVR2 model class (issue 27); transformers has none",
+    "grounding": "RefCOCO grounding checkpoints convert once capfilt has a grounding model class (issue 27)",
+}
+
+# Keys only BLIP-2 checkpoints have (LAVIS's Qformer, the toolbox's and LAVIS's query tokens).
+BLIP2_MARKERS = ("query_tokens", "Qformer.", "ln_vision")
+
+TRAINING_ONLY = "used in training only (momentum distillation, ITC's temperature and feature queues)"
+REBUILT = "a buffer transformers rebuilds itself"
+
+
+@dataclass(frozen=True)
+class Component:
+    target: str  # the transformers component it becomes (a prefix of BLIP_TASKS' components)
+    rules: tuple = SAME
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    description: str
+    marker: str  # a regex matching the start of keys only this layout's checkpoints have
+    components: dict  # source prefix (with its trailing dot) -> Component
+    dropped: tuple  # (regex over the whole key, reason), checked before the components
+    tasks: tuple  # (task, the source prefixes that tell it): the first whose prefixes are all present wins
+    containers: tuple = ("model", "state_dict")  # where the state dict sits in the saved object
+    notes: dict = field(default_factory=dict)
+
+
+LAVIS = Layout(
+    name="lavis",
+    description="LAVIS and the original BLIP code (salesforce/LAVIS, salesforce/BLIP): the same module names",
+    marker=r"visual_encoder\.blocks\.",
+    components={
+        "visual_encoder.": Component("vision_model", TIMM_VIT),
+        "text_encoder.": Component("text_encoder"),
+        "text_decoder.": Component("text_decoder"),
+        "vision_proj.": Component("vision_proj"),
+        "text_proj.": Component("text_proj"),
+        "itm_head.": Component("itm_head"),
+    },
+    dropped=(
+        (r"(visual_encoder|text_encoder|vision_proj|text_proj|text_decoder)_m\..*", TRAINING_ONLY),
+        (r"(image|text|idx)_queue|queue_ptr|ptr_queue|temp", TRAINING_ONLY),
+        (r".*\.position_ids", REBUILT),
+    ),
+    tasks=(
+        ("nlvr", ("cls_head.",)),
+        ("pretrain", ("text_decoder.", "itm_head.")),
+        ("vqa", ("text_encoder.", "text_decoder.")),
+        ("caption", ("text_decoder.",)),
+        ("retrieval", ("itm_head.",)),
+    ),
+)
+
+TOOLBOX = Layout(
+    name="toolbox",
+    description="the OpenMMLab toolbox (mmpretrain): the seeds' download links",
+    marker=r"(visual_encoder|vision_backbone)\.layers\.",
+    components={
+        "visual_encoder.": Component("vision_model", MM_VIT),  # the captioner's name for it
+        "vision_backbone.": Component("vision_model", MM_VIT),
+        "text_backbone.": Component("text_encoder"),  # retrieval
+        "multimodal_backbone.": Component("text_encoder"),  # VQA
+        "seq_gen_head.decoder.": Component("text_decoder"),
+        "vqa_head.decoder.": Component("text_decoder"),
+        "vision_neck.": Component("vision_proj"),
+        "text_neck.": Component("text_proj"),
+        "multimodal_head.fc.": Component("itm_head"),
+    },
+    dropped=(
+        (r"(vision_backbone|text_backbone|vision_neck|text_neck)_m\..*", TRAINING_ONLY),
+        (r"temp|head\.(temp|image_queue|text_queue|idx_queue|queue_ptr)", TRAINING_ONLY),
+        (r".*\.position_ids", REBUILT),
+    ),
+    tasks=(
+        ("grounding", ("grounding_head.",)),
+        ("nlvr", ("head.0.",)),
+        ("vqa", ("vqa_head.",)),
+        ("caption", ("seq_gen_head.",)),
+        ("retrieval", ("multimodal_head.",)),
+    ),
+)
+
+LAYOUTS = (LAVIS, TOOLBOX)
+
+
+def detect(keys) -> Layout | None:
+    """The layout whose marker (a regex at the start of a key) one of the keys matches, or None."""
+    for layout in LAYOUTS:
+        if any(re.match(layout.marker, key) for key in keys):
+            return layout
+    return None
+
+
+def task_of(layout: Layout, keys) -> str | None:
+    """The task the keys' components tell ("pretrain": a pre-trained checkpoint that holds several tasks' parts)."""
+    present = set(keys)
+    for task, prefixes in layout.tasks:
+        if all(any(key.startswith(prefix) for key in present) for prefix in prefixes):
+            return task
+    return None
+
+
+def rename(layout: Layout, key: str) -> tuple[str | None, str | None]:
+    """(target key, None) for a key the layout maps, (None, reason) for one it drops, (None, None) for one it does
+    not know."""
+    for pattern, reason in layout.dropped:
+        if re.fullmatch(pattern, key):
+            return None, reason
+    for prefix, component in layout.components.items():
+        if key.startswith(prefix):
+            inner = key[len(prefix):]
+            for pattern, template in component.rules:
+                match = re.fullmatch(pattern, inner)
+                if match:
+                    return f"{component.target}.{match.expand(template)}", None
+            return None, None
+    return None, None
