@@ -1,5 +1,5 @@
 """Command line: `python -m models list`, `python -m models run NAME IMAGE [--question Q | --text T ...]` and
-`python -m models convert SRC.pth --to DIR [--task TASK] [--tokenizer DIR]`."""
+`python -m models convert SRC.pth --to DIR [--task TASK] [--tokenizer DIR] [--language-model DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -31,10 +31,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m models") -> int:
     conv.add_argument("source", help="the .pth file")
     conv.add_argument("--to", required=True, help="the directory to write (replaced whole if it exists)")
     conv.add_argument("--task", choices=["caption", "retrieval", "vqa"],
-                      help="the model to take out of a pre-trained checkpoint that holds several (default: the one "
-                           "the file holds)")
-    conv.add_argument("--tokenizer", help="a directory with BERT's vocab.txt or a BLIP model's tokenizer (default: "
-                                          "$CAPFILT_TOKENIZER, else the .pth's folder)")
+                      help="the model to take out of a checkpoint that holds several (a pre-trained BLIP: caption "
+                           "or retrieval; a BLIP-2 captioner: caption or vqa; default: the one the file holds)")
+    conv.add_argument("--tokenizer", help="a directory with BERT's vocab.txt or a BLIP model's tokenizer; for a BLIP-2 "
+                                          "captioner, its language model's (default: $CAPFILT_TOKENIZER, else "
+                                          "--language-model, else the .pth's folder)")
+    conv.add_argument("--language-model", help="a BLIP-2 captioner's language model in Hugging Face layout (e.g. "
+                                               "facebook/opt-2.7b), for a .pth that does not hold it: the toolbox's "
+                                               "never do")
     conv.add_argument("--head-dim", type=int,
                       help="width of one attention head (default $CAPFILT_HEAD_DIM, else 64 as in every released "
                            "BLIP; weights do not record it)")
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m models") -> int:
 
         try:
             print(convert(args.source, args.to, task=args.task, tokenizer=args.tokenizer,
-                          head_dim=args.head_dim).summary())
+                          head_dim=args.head_dim, language_model=args.language_model).summary())
         except ModelLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

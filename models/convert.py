@@ -21,22 +21,21 @@ from pathlib import Path
 
 import torch
 
-from models import layouts
+from models import layouts, shapes
 from models.names import ModelLoadError
+from models.shapes import BLIP2_LN_VISION_EPS, BLIP_VISION_EPS, HEAD_DIM
 
-# BLIP's ViT is timm's, whose LayerNorm eps is 1e-6; transformers' BlipVisionConfig defaults to 1e-5.
-BLIP_VISION_EPS = 1e-6
-BERT_EPS = 1e-12
-# The width of one attention head in every released BLIP and BLIP-2 (ViT-B/L, BERT-base): a checkpoint holds the
-# weights but not the number of heads, which is the width divided by this. $CAPFILT_HEAD_DIM sets another for a
-# model trained with other heads (the tests' tiny upstream models have 8-wide heads).
-HEAD_DIM = 64
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TOKENIZER_HELP = ("BLIP's tokenizer is bert-base-uncased's (capfilt adds [DEC] and [ENC] as BLIP does): get it where "
                   "the hub is reachable (`hf download bert-base-uncased vocab.txt tokenizer_config.json --local-dir "
                   "DIR`, or any Salesforce/blip-* model directory) and pass --tokenizer DIR, set CAPFILT_TOKENIZER=DIR, "
                   "or put its vocab.txt beside the .pth")
+LM_TOKENIZER_HELP = ("a BLIP-2 captioner reads its language model's tokenizer (facebook/opt-2.7b's for the OPT models, "
+                     "google/flan-t5-xl's for the T5 ones): get it where the hub is reachable (`hf download "
+                     "facebook/opt-2.7b --local-dir DIR`) and pass --language-model DIR (or set $CAPFILT_LANGUAGE_MODEL) or "
+                     "--tokenizer DIR")
+IMAGE_TOKEN = "<image>"  # where transformers' BLIP-2 puts the query embeddings in the language model's input
 CONVERSION_RECORD = "capfilt_conversion.json"
 
 
@@ -49,6 +48,9 @@ class Conversion:
     layout: str
     task: str
     used: int
+    # LayerNorms whose eps differs from their config's (transformers' BLIP-2 has one vision eps): capfilt's loader
+    # sets them, {module path: eps}
+    layer_norm_eps: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)  # source key -> why it was left out
     fixes: list[str] = field(default_factory=list)
 
@@ -108,11 +110,12 @@ def _unwrap(saved) -> dict[str, torch.Tensor] | None:
 
 
 def map_keys(state: dict[str, torch.Tensor], layout: layouts.Layout, task: str):
-    """(target state dict, dropped {key: reason}); unknown keys are an error naming them."""
-    _, components = layouts.BLIP_TASKS[task]
-    mapped, dropped, unknown = {}, {}, []
+    """(target state dict, dropped {key: reason}, origin {target key: source key}); unknown keys are an error
+    naming them."""
+    _, components = layouts.MODEL_TASKS[layout.family][task]
+    mapped, dropped, origin, unknown = {}, {}, {}, []
     for key, tensor in state.items():
-        target, reason = layouts.rename(layout, key)
+        target, reason = layouts.rename(layout, key, task)
         if target is None and reason is None:
             unknown.append(key)
         elif target is None:
@@ -120,11 +123,11 @@ def map_keys(state: dict[str, torch.Tensor], layout: layouts.Layout, task: str):
         elif target.split(".", 1)[0] not in components:
             dropped[key] = f"not part of a {task} model (the checkpoint holds more than one task's parts)"
         else:
-            mapped[target] = tensor
+            mapped[target], origin[target] = tensor, key
     if unknown:
         raise ModelLoadError(f"{len(unknown)} keys of this {layout.name} checkpoint have no place in a {task} model "
                              f"and no reason to be dropped: {_some(unknown)}")
-    return mapped, dropped
+    return mapped, dropped, origin
 
 
 def _some(keys, n: int = 6) -> str:
@@ -132,46 +135,10 @@ def _some(keys, n: int = 6) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def blip_config(mapped: dict[str, torch.Tensor], tokenizer, head_dim: int):
-    """A BlipConfig read off the weights' shapes (heads: the width over `head_dim`); BLIP's own eps and token ids."""
-    from transformers import BlipConfig
-
-    def count(pattern: str) -> int:
-        return len({m.group(1) for k in mapped if (m := re.match(pattern, k))})
-
-    def shape(key: str) -> tuple[int, ...]:
-        if key not in mapped:
-            raise ModelLoadError(f"the checkpoint has no {key} (after renaming), which every BLIP model has")
-        return tuple(mapped[key].shape)
-
-    width = shape("vision_model.embeddings.class_embedding")[-1]
-    if width % head_dim:
-        raise ModelLoadError(f"the vision width {width} is not a multiple of the head width {head_dim} "
-                             "(--head-dim, $CAPFILT_HEAD_DIM)")
-    patch = shape("vision_model.embeddings.patch_embedding.weight")[-1]
-    grid = round((shape("vision_model.embeddings.position_embedding")[1] - 1) ** 0.5)
-    vision = dict(hidden_size=width, num_hidden_layers=count(r"vision_model\.encoder\.layers\.(\d+)\."),
-                  num_attention_heads=width // head_dim,
-                  intermediate_size=shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0],
-                  image_size=grid * patch, patch_size=patch, layer_norm_eps=BLIP_VISION_EPS)
-    text_prefix = next(p for p in ("text_decoder.bert.", "text_encoder.") if f"{p}embeddings.word_embeddings.weight" in mapped)
-    vocab, text_width = shape(f"{text_prefix}embeddings.word_embeddings.weight")
-    sep = tokenizer.convert_tokens_to_ids("[SEP]")
-    text = dict(vocab_size=vocab, hidden_size=text_width, num_attention_heads=text_width // head_dim,
-                num_hidden_layers=count(re.escape(text_prefix) + r"encoder\.layer\.(\d+)\."),
-                intermediate_size=shape(f"{text_prefix}encoder.layer.0.intermediate.dense.weight")[0],
-                max_position_embeddings=shape(f"{text_prefix}embeddings.position_embeddings.weight")[0],
-                encoder_hidden_size=shape(f"{text_prefix}encoder.layer.0.crossattention.self.key.weight")[1],
-                layer_norm_eps=BERT_EPS, bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
-                pad_token_id=tokenizer.pad_token_id, sep_token_id=sep, eos_token_id=sep)
-    projection = mapped["vision_proj.weight"].shape[0] if "vision_proj.weight" in mapped else 256
-    return BlipConfig(text_config=text, vision_config=vision, projection_dim=projection,
-                      image_text_hidden_size=projection)
-
-
-def blip_tokenizer(directory: Path, vocab_size: int):
+def blip_tokenizer(directory: Path, vocab_size: int, extra: tuple[str, ...] = ("[DEC]", "[ENC]")):
     """BLIP's tokenizer from a directory: a BERT vocabulary with [DEC] and [ENC] added after it, as BLIP's
-    init_tokenizer does (bert-base-uncased's 30522 tokens become 30524), or a BLIP model's tokenizer as it is."""
+    init_tokenizer does (bert-base-uncased's 30522 tokens become 30524; BLIP-2's Q-Former adds [DEC] alone), or a
+    BLIP model's tokenizer as it is."""
     from transformers import AutoTokenizer, BertTokenizer
 
     if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
@@ -183,86 +150,208 @@ def blip_tokenizer(directory: Path, vocab_size: int):
         raise ModelLoadError(f"{str(directory)!r} holds no tokenizer (vocab.txt, tokenizer.json); {TOKENIZER_HELP}")
     if tokenizer.convert_tokens_to_ids("[SEP]") in (None, tokenizer.unk_token_id):
         raise ModelLoadError(f"the tokenizer in {str(directory)!r} is not BERT's WordPiece (no [SEP]); {TOKENIZER_HELP}")
-    added = [t for t in ("[DEC]", "[ENC]") if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
-    if added:
-        tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    added = [t for t in extra if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if "[DEC]" in added:
+        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    if "[ENC]" in added:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     if len(tokenizer) != vocab_size:
-        raise ModelLoadError(f"the tokenizer in {str(directory)!r} has {len(tokenizer)} tokens with [DEC] and [ENC], "
-                             f"but the checkpoint's vocabulary has {vocab_size}; {TOKENIZER_HELP}")
+        raise ModelLoadError(f"the tokenizer in {str(directory)!r} has {len(tokenizer)} tokens with "
+                             f"{' and '.join(extra)}, but the checkpoint's vocabulary has {vocab_size}; {TOKENIZER_HELP}")
     return tokenizer, added
 
 
-def find_tokenizer(source: Path, tokenizer: str | os.PathLike | None) -> Path:
-    """The tokenizer directory: the one named, else $CAPFILT_TOKENIZER, else the .pth's own folder when it holds one."""
-    for candidate in (tokenizer, os.environ.get("CAPFILT_TOKENIZER")):
+def lm_tokenizer(directory: Path):
+    """A BLIP-2 language model's tokenizer with transformers' <image> token added (where the queries go)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - a missing or foreign tokenizer raises many types
+        raise ModelLoadError(f"{str(directory)!r} holds no readable tokenizer ({type(exc).__name__}); "
+                             f"{LM_TOKENIZER_HELP}") from None
+    added = []
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+        added.append(IMAGE_TOKEN)
+    return tokenizer, added
+
+
+def find_tokenizer(source: Path, tokenizer: str | os.PathLike | None, *fallbacks, help: str = TOKENIZER_HELP) -> Path:
+    """The tokenizer directory: the one named, else $CAPFILT_TOKENIZER, else the fallbacks (a language model's
+    directory), else the .pth's own folder when it holds one."""
+    for candidate in (tokenizer, os.environ.get("CAPFILT_TOKENIZER"), *fallbacks):
         if candidate:
             path = Path(candidate).expanduser()
             if not path.is_dir():
-                raise ModelLoadError(f"the tokenizer directory {str(path)!r} does not exist; {TOKENIZER_HELP}")
+                raise ModelLoadError(f"the tokenizer directory {str(path)!r} does not exist; {help}")
             return path
-    if any((source.parent / name).is_file() for name in ("vocab.txt", "tokenizer.json")):
+    if any((source.parent / name).is_file() for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json")):
         return source.parent
-    raise ModelLoadError(f"{str(source)!r} needs a tokenizer, which a .pth does not hold; {TOKENIZER_HELP}")
+    raise ModelLoadError(f"{str(source)!r} needs a tokenizer, which a .pth does not hold; {help}")
 
 
 def _fill_tied(model, mapped: dict[str, torch.Tensor], fixes: list[str]) -> None:
-    """transformers ties the decoder's output layer to its word embeddings (and the two biases): a source that
-    saved only one side fills the other; one whose two sides differ is not the model transformers runs."""
-    for target, origin in (getattr(model, "_tied_weights_keys", None) or {}).items():
+    """transformers ties output layers to word embeddings (BLIP's decoder and its biases, OPT's lm_head): a source
+    that saved only one side fills the other; one whose two sides differ is not the model transformers runs."""
+    for target, origin in model.get_expanded_tied_weights_keys(all_submodels=True).items():
         if origin not in mapped:
             continue
         if target not in mapped:
             mapped[target] = mapped[origin]
-            fixes.append(f"{target} tied to {origin}, as the original decoder is")
+            fixes.append(f"{target} tied to {origin}, as the original is")
         elif not torch.equal(mapped[target], mapped[origin]):
-            raise ModelLoadError(f"{target} differs from {origin}, which transformers ties it to: this checkpoint's "
-                                 "decoder is not a BLIP decoder")
+            raise ModelLoadError(f"{target} differs from {origin}, which transformers ties it to: this checkpoint "
+                                 "is not the model transformers runs")
 
 
-def convert(source: str | os.PathLike, to: str | os.PathLike, task: str | None = None,
-            tokenizer: str | os.PathLike | None = None, head_dim: int | None = None,
-            replace: bool = True) -> Conversion:
-    """Convert a `.pth` into a Hugging Face-layout directory `to` (written whole, or not at all)."""
-    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
+def _join_qv_bias(mapped: dict[str, torch.Tensor], origin: dict[str, str], fixes: list[str]) -> None:
+    """EVA ViT-g keeps q_bias and v_bias apart (no key bias); transformers' BLIP-2 holds one qkv bias (q, 0, v)."""
+    joined = 0
+    for key in [k for k in mapped if k.endswith(".self_attn.q_bias")]:
+        layer = key[: -len("q_bias")]
+        v_key = layer + "v_bias"
+        if v_key not in mapped:
+            raise ModelLoadError(f"{origin[key]} has no v_bias beside it")
+        q, v = mapped.pop(key), mapped.pop(v_key)
+        mapped[layer + "qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+        origin[layer + "qkv.bias"] = origin.pop(key)
+        origin.pop(v_key)
+        joined += 1
+    if joined:
+        fixes.append(f"q_bias and v_bias of {joined} ViT layers joined into transformers' qkv bias (its key part "
+                     "zero, as EVA's)")
 
-    source = Path(source)
-    state = read_state_dict(source)
-    if any(key.startswith(layouts.BLIP2_MARKERS) for key in state):
-        raise ModelLoadError(f"{str(source)!r} is a BLIP-2 checkpoint: converting BLIP-2 .pth files is not built yet; "
-                             "the zoo's blip2-* names load the same models from the hub")
-    layout = layouts.detect(state)
-    if layout is None:
-        raise ModelLoadError(f"{str(source)!r} is in no layout capfilt knows (the toolbox's, LAVIS's, the original "
-                             f"BLIP's); its keys start {_some({k.split('.')[0] for k in state}, 4)}")
+
+def _drop_last_vision_layer(mapped, origin, dropped) -> None:
+    """The toolbox's BLIP-2 captioner reads its ViT's last layer but one (out_indices=-2): the last is unused."""
+    layers = shapes.Shapes(mapped, HEAD_DIM).indices(r"vision_model\.encoder\.layers\.(\d+)\.")
+    prefix = f"vision_model.encoder.layers.{layers[-1]}."
+    for key in [k for k in mapped if k.startswith(prefix)]:
+        del mapped[key]
+        dropped[origin.pop(key)] = ("the ViT's last layer, which the toolbox's BLIP-2 captioner computes but does "
+                                    "not read (out_indices=-2)")
+
+
+def _language_model(mapped: dict[str, torch.Tensor], directory: str | os.PathLike | None, tokenizer,
+                    head_dim: int, fixes: list[str]):
+    """The language model's config, and its weights added to `mapped` when the .pth holds none (the toolbox never
+    saves the frozen LLM; LAVIS's released files leave it out too): both from a Hugging Face directory."""
+    import transformers
+
+    in_pth = any(k.startswith("language_model.") for k in mapped)
+    if directory is None:
+        if not in_pth:
+            raise ModelLoadError("this BLIP-2 checkpoint holds no language model (the frozen LLM is not saved in it): "
+                                 "name its Hugging Face directory with --language-model DIR or $CAPFILT_LANGUAGE_MODEL "
+                                 "(facebook/opt-2.7b for "
+                                 "the toolbox's and LAVIS's OPT models, `hf download facebook/opt-2.7b --local-dir "
+                                 "DIR` where the hub is reachable)")
+        if not any(k.startswith("language_model.model.decoder.") for k in mapped):
+            raise ModelLoadError("this BLIP-2 checkpoint's language model is not OPT, whose config capfilt reads off "
+                                 "the weights; name the model's Hugging Face directory with --language-model DIR")
+        return shapes.opt_config(shapes.Shapes(mapped, head_dim), tokenizer)
+    directory = Path(directory).expanduser()
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"the language model directory {str(directory)!r} has no config.json")
+    if "auto_map" in json.loads(config_file.read_text(encoding="utf-8")):
+        raise ModelLoadError(f"{str(directory)!r} asks for remote code (auto_map); capfilt never runs checkpoint code")
+    config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    if in_pth:
+        return config
+    auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
+    transformers.utils.logging.disable_progress_bar()
+    try:  # transformers reads .bin files with torch.load(weights_only=True), as read_state_dict does
+        model = auto.from_pretrained(directory, dtype=torch.float32, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - corrupt or missing weights raise many types
+        raise ModelLoadError(f"cannot load the language model in {str(directory)!r}: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}") from None
+    mapped.update({f"language_model.{k}": v for k, v in model.state_dict().items()})
+    fixes.append(f"language model ({config.model_type}, {model.num_parameters():,} parameters) from {directory}, "
+                 "as the .pth holds none")
+    return config
+
+
+def _head_dim(head_dim: int | None = None) -> int:
+    return head_dim or int(os.environ.get("CAPFILT_HEAD_DIM") or HEAD_DIM)
+
+
+def _task(source: Path, layout: layouts.Layout, state, task: str | None) -> str:
     found = layouts.task_of(layout, state)
     if found in layouts.NOT_YET:
         raise ModelLoadError(f"{str(source)!r} is a {found} checkpoint: {layouts.NOT_YET[found]}")
     if found is None:
         raise ModelLoadError(f"{str(source)!r}: its components tell no task capfilt converts "
                              f"({_some({k.split('.')[0] for k in state}, 8)})")
-    choices = ("caption", "retrieval") if found == "pretrain" else (found,)
-    if task is None and found == "pretrain":
+    choices = layouts.CHOICES.get((layout.family, found), (found,))
+    if task is None and choices[0] is None:
         raise ModelLoadError(f"{str(source)!r} is a pre-trained BLIP holding a captioner and a filter: name one "
                              "with --task caption or --task retrieval")
-    task = task or found
+    task = task or choices[0]
     if task not in choices:
-        raise ModelLoadError(f"{str(source)!r} is a {found} checkpoint; it converts to {' or '.join(choices)}, "
-                             f"not {task}")
-    mapped, dropped = map_keys(state, layout, task)
-    text_key = next(k for k in mapped if k.endswith("embeddings.word_embeddings.weight"))
-    tok, added = blip_tokenizer(find_tokenizer(source, tokenizer), mapped[text_key].shape[0])
-    fixes = [f"vision LayerNorm eps {BLIP_VISION_EPS} (the original ViT's; transformers' default is 1e-5)"]
+        raise ModelLoadError(f"{str(source)!r} is a {found} checkpoint; it converts to "
+                             f"{' or '.join(c for c in choices if c)}, not {task}")
+    return task
+
+
+def convert(source: str | os.PathLike, to: str | os.PathLike, task: str | None = None,
+            tokenizer: str | os.PathLike | None = None, head_dim: int | None = None,
+            language_model: str | os.PathLike | None = None, replace: bool = True) -> Conversion:
+    """Convert a `.pth` into a Hugging Face-layout directory `to` (written whole, or not at all)."""
+    import transformers
+
+    source = Path(source)
+    language_model = language_model or os.environ.get("CAPFILT_LANGUAGE_MODEL") or None
+    state = read_state_dict(source)
+    layout = layouts.detect(state)
+    if layout is None:
+        raise ModelLoadError(f"{str(source)!r} is in no layout capfilt knows (the toolbox's, LAVIS's, the original "
+                             f"BLIP's); its keys start {_some({k.split('.')[0] for k in state}, 4)}")
+    task = _task(source, layout, state, task)
+    mapped, dropped, origin = map_keys(state, layout, task)
+    head_dim = _head_dim(head_dim)
+    fixes = [f"vision LayerNorm eps {BLIP_VISION_EPS} (the original ViT's; transformers' BLIP default is 1e-5)"]
+    norms = {}
+    if layout.family == "blip":
+        text_key = next(k for k in mapped if k.endswith("embeddings.word_embeddings.weight"))
+        tok, added = blip_tokenizer(find_tokenizer(source, tokenizer), mapped[text_key].shape[0])
+        config = shapes.blip_config(mapped, tok, head_dim)
+    else:
+        if task in layout.penultimate_vision:
+            _drop_last_vision_layer(mapped, origin, dropped)
+        _join_qv_bias(mapped, origin, fixes)
+        norms["vision_model.post_layernorm"] = BLIP2_LN_VISION_EPS
+        fixes.append(f"ln_vision eps {BLIP2_LN_VISION_EPS} (torch's default, as upstream; the ViT's own are "
+                     f"{BLIP_VISION_EPS}), set by capfilt's loader")
+        if task == "retrieval":
+            tok, added = blip_tokenizer(find_tokenizer(source, tokenizer), mapped["embeddings.word_embeddings.weight"]
+                                        .shape[0], extra=("[DEC]",))
+            config = shapes.blip2_config(mapped, task, head_dim)
+        else:
+            tok, added = lm_tokenizer(find_tokenizer(source, tokenizer, language_model, help=LM_TOKENIZER_HELP))
+            text_config = _language_model(mapped, language_model, tok, head_dim, fixes)
+            if len(tok) > text_config.vocab_size:
+                raise ModelLoadError(f"the tokenizer has {len(tok)} tokens with {IMAGE_TOKEN}, more than the language "
+                                     f"model's {text_config.vocab_size}: it is not this model's tokenizer")
+            config = shapes.blip2_config(mapped, task, head_dim, text_config, tok.convert_tokens_to_ids(IMAGE_TOKEN))
     if added:
-        fixes.append(f"{' and '.join(added)} added to the tokenizer after its {len(tok) - len(added)} tokens, as "
-                     "BLIP's init_tokenizer does")
-    head_dim = head_dim or int(os.environ.get("CAPFILT_HEAD_DIM") or HEAD_DIM)
-    config = blip_config(mapped, tok, head_dim)
-    model_class = {"caption": BlipForConditionalGeneration, "retrieval": BlipForImageTextRetrieval,
-                   "vqa": BlipForQuestionAnswering}[task]
+        why = "where transformers' BLIP-2 puts the queries" if IMAGE_TOKEN in added else "as the original does"
+        fixes.append(f"{' and '.join(added)} added to the tokenizer after its {len(tok) - len(added)} tokens, {why}")
+    model_class = getattr(transformers, layouts.MODEL_TASKS[layout.family][task][0])
     with torch.device("meta"):
         model = model_class(config)
     _fill_tied(model, mapped, fixes)
-    expected = model.state_dict()
+    _check_exact(source, task, model.state_dict(), mapped)
+    model.load_state_dict({k: v.float().contiguous() for k, v in mapped.items()}, assign=True, strict=True)
+    model.tie_weights()
+    record = Conversion(str(source), file_sha256(source), layout.name, task, len(state) - len(dropped), norms,
+                        dropped, fixes)
+    _write(model.eval(), tok, config.vision_config.image_size, record, Path(to), replace)
+    return record
+
+
+def _check_exact(source: Path, task: str, expected: dict, mapped: dict) -> None:
     missing = sorted(set(expected) - set(mapped))
     extra = sorted(set(mapped) - set(expected))
     wrong = sorted(k for k in set(mapped) & set(expected) if tuple(mapped[k].shape) != tuple(expected[k].shape))
@@ -272,11 +361,6 @@ def convert(source: str | os.PathLike, to: str | os.PathLike, task: str | None =
                  "shapes differ for " + ", ".join(f"{k} {tuple(mapped[k].shape)} vs {tuple(expected[k].shape)}"
                                                   for k in wrong[:4]) if wrong else ""]
         raise ModelLoadError(f"{str(source)!r} does not convert exactly: " + "; ".join(p for p in parts if p))
-    model.load_state_dict({k: v.float().contiguous() for k, v in mapped.items()}, assign=True, strict=True)
-    model.tie_weights()
-    record = Conversion(str(source), file_sha256(source), layout.name, task, len(state) - len(dropped), dropped, fixes)
-    _write(model.eval(), tok, config.vision_config.image_size, record, Path(to), replace)
-    return record
 
 
 def _write(model, tokenizer, image_size: int, record: Conversion, to: Path, replace: bool) -> None:
@@ -316,6 +400,9 @@ def converted(source: str | os.PathLike, task: str | None = None) -> Path:
     if not source.is_file():
         raise ModelLoadError(f"{str(source)!r} does not exist")
     digest = file_sha256(source)[:16]
+    language_model = os.environ.get("CAPFILT_LANGUAGE_MODEL")
+    if language_model:  # a BLIP-2 captioner's frozen LLM, which the .pth may not hold, is part of the result
+        digest += "-lm" + hashlib.sha256(str(Path(language_model).resolve()).encode()).hexdigest()[:8]
     directory = cache_root() / (f"{digest}-{task}" if task else digest)
     if not (directory / CONVERSION_RECORD).is_file():
         try:

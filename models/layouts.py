@@ -8,7 +8,7 @@ the first rule that matches wins, and a key no rule matches is an error naming i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Inside a component whose module names already are transformers' (BLIP's med.py is BERT's code, as is the
 # toolbox's XBert): every key keeps its name.
@@ -41,6 +41,26 @@ MM_VIT = (
     (r"ln1\.(weight|bias)", r"post_layernorm.\1"),
 )
 
+# BLIP-2's EVA ViT-g: no bias on the keys, so q_bias and v_bias are apart; the converter joins them into
+# transformers' one qkv bias (q, zeros, v). LAVIS's names, then the toolbox's.
+EVA_QV = (
+    (r"blocks\.(\d+)\.attn\.(q|v)_bias", r"encoder.layers.\1.self_attn.\2_bias"),
+    (r"layers\.(\d+)\.attn\.(q|v)_bias", r"encoder.layers.\1.self_attn.\2_bias"),
+)
+LAVIS_EVA = TIMM_VIT[:-1] + EVA_QV[:1]  # EVA has no final norm of its own: BLIP-2 adds ln_vision
+MM_EVA = MM_VIT[:-1] + EVA_QV[1:]
+POST_NORM = ((r"(weight|bias)", r"post_layernorm.\1"),)
+# BLIP-2's Q-Former, a BERT with query layers: its embeddings' LayerNorm is transformers' qformer.layernorm, its word
+# and position embeddings are the retrieval model's own `embeddings` (a key starting "/" is absolute).
+QFORMER = (
+    (r"embeddings\.LayerNorm\.(weight|bias)", r"layernorm.\1"),
+    (r"embeddings\.(word|position)_embeddings\.weight", r"/embeddings.\1_embeddings.weight"),
+    (r"encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(.+)", r"encoder.layer.\1.\2.attention.\3"),
+    (r"(encoder\.layer\.\d+\.(?:attention|crossattention)\.output\..+)", r"\1"),
+    (r"(encoder\.layer\.\d+\.(?:intermediate|output)(?:_query)?\..+)", r"\1"),
+)
+WHOLE = ((r"", r""),)  # a key that is a component by itself (query_tokens)
+
 # What a BLIP model of each task is made of, by its transformers class: the components every one of its parameters
 # belongs to. The converter fills each of them from the source, or refuses.
 BLIP_TASKS = {
@@ -48,39 +68,55 @@ BLIP_TASKS = {
     "retrieval": ("BlipForImageTextRetrieval", ("vision_model", "text_encoder", "vision_proj", "text_proj", "itm_head")),
     "vqa": ("BlipForQuestionAnswering", ("vision_model", "text_encoder", "text_decoder")),
 }
+BLIP2_TASKS = {
+    "caption": ("Blip2ForConditionalGeneration",
+                ("vision_model", "qformer", "query_tokens", "language_projection", "language_model")),
+    "retrieval": ("Blip2ForImageTextRetrieval", ("vision_model", "qformer", "query_tokens", "embeddings",
+                                                 "vision_projection", "text_projection", "itm_head")),
+}
+BLIP2_TASKS["vqa"] = BLIP2_TASKS["caption"]  # BLIP-2 answers with its captioning model and a question prompt
+MODEL_TASKS = {"blip": BLIP_TASKS, "blip2": BLIP2_TASKS}
+# The tasks a checkpoint of a found task converts to, where more than that one (the first is the default, or None
+# where the user must choose).
+CHOICES = {("blip", "pretrain"): (None, "caption", "retrieval"), ("blip2", "caption"): ("caption", "vqa")}
+# Attention heads where the width over 64 is not the count: EVA ViT-g, 1408 wide in 16 heads of 88.
+KNOWN_HEADS = {1408: 16}
 # Tasks a layout can hold whose model classes are issue 27's (NLVR2, RefCOCO grounding).
 NOT_YET = {
     "nlvr": "NLVR2 checkpoints convert once capfilt has an NLVR2 model class (issue 27); transformers has none",
     "grounding": "RefCOCO grounding checkpoints convert once capfilt has a grounding model class (issue 27)",
 }
 
-# Keys only BLIP-2 checkpoints have (LAVIS's Qformer, the toolbox's and LAVIS's query tokens).
-BLIP2_MARKERS = ("query_tokens", "Qformer.", "ln_vision")
-
+QFORMER_LM_HEAD = "the Q-Former's language-modelling head (a pre-training objective; no role reads it)"
 TRAINING_ONLY = "used in training only (momentum distillation, ITC's temperature and feature queues)"
 REBUILT = "a buffer transformers rebuilds itself"
 
 
 @dataclass(frozen=True)
 class Component:
-    target: str  # the transformers component it becomes (a prefix of BLIP_TASKS' components)
+    target: str | dict  # the transformers component it becomes; per task where it differs
     rules: tuple = SAME
+
+    def target_for(self, task: str) -> str:
+        return self.target if isinstance(self.target, str) else self.target[task]
 
 
 @dataclass(frozen=True)
 class Layout:
     name: str
+    family: str  # blip | blip2
     description: str
     marker: str  # a regex matching the start of keys only this layout's checkpoints have
     components: dict  # source prefix (with its trailing dot) -> Component
     dropped: tuple  # (regex over the whole key, reason), checked before the components
     tasks: tuple  # (task, the source prefixes that tell it): the first whose prefixes are all present wins
-    containers: tuple = ("model", "state_dict")  # where the state dict sits in the saved object
-    notes: dict = field(default_factory=dict)
+    # tasks whose upstream model reads the vision encoder's last layer but one: that layer is dropped
+    penultimate_vision: tuple = ()
 
 
 LAVIS = Layout(
     name="lavis",
+    family="blip",
     description="LAVIS and the original BLIP code (salesforce/LAVIS, salesforce/BLIP): the same module names",
     marker=r"visual_encoder\.blocks\.",
     components={
@@ -107,6 +143,7 @@ LAVIS = Layout(
 
 TOOLBOX = Layout(
     name="toolbox",
+    family="blip",
     description="the OpenMMLab toolbox (mmpretrain): the seeds' download links",
     marker=r"(visual_encoder|vision_backbone)\.layers\.",
     components={
@@ -134,7 +171,59 @@ TOOLBOX = Layout(
     ),
 )
 
-LAYOUTS = (LAVIS, TOOLBOX)
+LAVIS_BLIP2 = Layout(
+    name="lavis",
+    family="blip2",
+    description="LAVIS's BLIP-2 (Blip2OPT, Blip2T5, Blip2Qformer)",
+    marker=r"Qformer\.",
+    components={
+        "visual_encoder.": Component("vision_model", LAVIS_EVA),
+        "ln_vision.": Component("vision_model", POST_NORM),
+        "Qformer.bert.": Component("qformer", QFORMER),
+        "query_tokens": Component("query_tokens", WHOLE),
+        "opt_proj.": Component("language_projection"),
+        "opt_model.": Component("language_model"),
+        "t5_proj.": Component("language_projection"),
+        "t5_model.": Component("language_model"),
+        "vision_proj.": Component("vision_projection"),
+        "text_proj.": Component("text_projection"),
+        "itm_head.": Component("itm_head"),
+    },
+    dropped=(
+        (r"Qformer\.cls\..*", QFORMER_LM_HEAD),
+        (r"temp", TRAINING_ONLY),
+        (r".*\.position_ids", REBUILT),
+    ),
+    tasks=(("caption", ("opt_proj.",)), ("caption", ("t5_proj.",)), ("retrieval", ("itm_head.",))),
+)
+
+TOOLBOX_BLIP2 = Layout(
+    name="toolbox",
+    family="blip2",
+    description="the toolbox's BLIP-2 (Blip2Caption, Blip2VQA, Blip2Retrieval)",
+    marker=r"multimodal_backbone\.bert\.",
+    components={
+        "vision_backbone.": Component("vision_model", MM_EVA),
+        "ln_vision_backbone.": Component("vision_model", POST_NORM),
+        "multimodal_backbone.bert.": Component("qformer", QFORMER),
+        "query_tokens": Component("query_tokens", WHOLE),
+        "vision_neck.fc.": Component({"caption": "language_projection", "vqa": "language_projection",
+                                      "retrieval": "vision_projection"}),
+        "text_neck.fc.": Component("text_projection"),
+        "multimodal_head.fc.": Component("itm_head"),
+        "text_backbone.": Component("language_model"),
+    },
+    dropped=(
+        (r"multimodal_backbone\.cls\..*", QFORMER_LM_HEAD),
+        (r"temp", TRAINING_ONLY),
+        (r".*\.position_ids", REBUILT),
+    ),
+    tasks=(("retrieval", ("multimodal_head.",)), ("caption", ("vision_neck.",))),
+    penultimate_vision=("caption",),  # its configs read out_indices=-2
+)
+
+# BLIP-2 first: its checkpoints also hold keys a BLIP layout's marker could match
+LAYOUTS = (LAVIS_BLIP2, TOOLBOX_BLIP2, LAVIS, TOOLBOX)
 
 
 def detect(keys) -> Layout | None:
@@ -154,7 +243,7 @@ def task_of(layout: Layout, keys) -> str | None:
     return None
 
 
-def rename(layout: Layout, key: str) -> tuple[str | None, str | None]:
+def rename(layout: Layout, key: str, task: str) -> tuple[str | None, str | None]:
     """(target key, None) for a key the layout maps, (None, reason) for one it drops, (None, None) for one it does
     not know."""
     for pattern, reason in layout.dropped:
@@ -166,6 +255,10 @@ def rename(layout: Layout, key: str) -> tuple[str | None, str | None]:
             for pattern, template in component.rules:
                 match = re.fullmatch(pattern, inner)
                 if match:
-                    return f"{component.target}.{match.expand(template)}", None
+                    inside = match.expand(template)
+                    if inside.startswith("/"):
+                        return inside[1:], None
+                    target = component.target_for(task)
+                    return (f"{target}.{inside}" if inside else target), None
             return None, None
     return None, None

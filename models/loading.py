@@ -138,6 +138,7 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
         raise ModelLoadError(f"cannot load {str(directory)!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if family == "blip" and (spec.kind == "hub" or str(config.get("transformers_version", "")).startswith("4.")):
         original_vision_eps(model)
+    converted_norms(model, directory)
     patch_blip(model)
     if family == "blip2" and found_task != "retrieval" and getattr(model.config, "image_token_index", None) is None:
         raise ModelLoadError(f"{str(directory)!r}: its config has no image_token_index (a BLIP-2 checkpoint saved "
@@ -162,7 +163,7 @@ def original_vision_eps(model) -> None:
     """Salesforce's BLIP checkpoints on the hub (converted from the original with transformers 4, as their configs
     record) keep transformers' default ViT LayerNorm eps, 1e-5; the original ViT, which trained them, uses 1e-6, and
     ITM, ITC and captions move with it (issue 26). Follow the original, and say so once per process."""
-    from models.convert import BLIP_VISION_EPS
+    from models.shapes import BLIP_VISION_EPS
 
     vision = model.config.vision_config
     if vision.layer_norm_eps == BLIP_VISION_EPS:
@@ -175,6 +176,18 @@ def original_vision_eps(model) -> None:
     for module in model.vision_model.modules():
         if isinstance(module, torch.nn.LayerNorm):
             module.eps = BLIP_VISION_EPS
+
+
+def converted_norms(model, directory: Path) -> None:
+    """The LayerNorm eps a converted checkpoint records apart from its config (transformers' BLIP-2 has one eps for
+    the whole ViT, its upstreams another for ln_vision after it): set on the modules."""
+    from models.convert import CONVERSION_RECORD
+
+    for path, eps in _read_json(directory / CONVERSION_RECORD).get("layer_norm_eps", {}).items():
+        module = model.get_submodule(path)
+        if not isinstance(module, torch.nn.LayerNorm):
+            raise ModelLoadError(f"{str(directory)!r}: {path} in {CONVERSION_RECORD} is not a LayerNorm")
+        module.eps = float(eps)
 
 
 def _read_json(path: Path) -> dict:

@@ -104,11 +104,28 @@ def test_tasks_the_converter_does_not_build_yet_say_so_in_one_line(tmp_path, lav
     nlvr = dict(lavis_caption, **{"cls_head.0.weight": torch.zeros(2, 2)})
     with pytest.raises(ModelLoadError, match="NLVR2 checkpoints convert once capfilt has an NLVR2 model class"):
         convert(save(tmp_path / "n.pth", nlvr), tmp_path / "out", tokenizer=tokenizer_dir)
-    blip2 = {"query_tokens": torch.zeros(1, 32, 8), "Qformer.bert.embeddings.LayerNorm.weight": torch.zeros(8)}
-    with pytest.raises(ModelLoadError, match="BLIP-2 checkpoint"):
-        convert(save(tmp_path / "b.pth", blip2), tmp_path / "out", tokenizer=tokenizer_dir)
     with pytest.raises(ModelLoadError, match="in no layout capfilt knows"):
         convert(save(tmp_path / "u.pth", {"backbone.w": torch.zeros(2)}), tmp_path / "out", tokenizer=tokenizer_dir)
+
+
+UPSTREAM = Path(__file__).parent / "fixtures" / "upstream"
+
+
+def test_a_blip2_captioner_without_its_language_model_names_what_to_pass(tmp_path):
+    """The toolbox never saves BLIP-2's frozen OPT: the converter asks for its directory in one line, and reads
+    the tokenizer from there once given."""
+    source = UPSTREAM / "toolbox-blip2-opt-caption" / "model.pth"
+    with pytest.raises(ModelLoadError, match="needs a tokenizer.*--language-model DIR"):
+        convert(source, tmp_path / "out", head_dim=8)
+    tokenizer = UPSTREAM / "toolbox-blip2-opt-caption" / "opt"
+    with pytest.raises(ModelLoadError, match="holds no language model.*--language-model DIR.*facebook/opt-2.7b"):
+        convert(source, tmp_path / "out", head_dim=8, tokenizer=tokenizer)
+    with pytest.raises(ModelLoadError, match="it converts to caption or vqa, not retrieval"):
+        convert(source, tmp_path / "out", head_dim=8, task="retrieval")
+    record = convert(source, tmp_path / "vqa", head_dim=8, task="vqa", language_model=tokenizer)
+    assert record.task == "vqa" and (tmp_path / "vqa" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "vqa" / "config.json").read_text())["architectures"] == \
+        ["Blip2ForConditionalGeneration"]
 
 
 def test_a_task_the_checkpoint_does_not_hold_is_refused(tmp_path, tokenizer_dir):
@@ -163,3 +180,30 @@ def test_a_pth_converts_once_into_a_cache_keyed_by_its_hash(tmp_path, monkeypatc
     stamp = (first / "model.safetensors").stat().st_mtime_ns
     assert converted(source, "caption") == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
+
+
+def test_hub_blip_configs_follow_the_original_vit_eps_and_say_so_once(tmp_path, caplog):
+    """A BLIP directory whose config transformers 4 wrote (every Salesforce BLIP on the hub) at the default eps 1e-5
+    runs at the original ViT's 1e-6, said once; one capfilt trained (transformers 5) keeps its own."""
+    import logging
+
+    import models.loading as loading
+    from models import tiny
+
+    model, tokenizer = tiny.build_tiny("caption")
+    for version, folder in (("4.26.0.dev0", "hub"), ("5.23.0", "ours")):
+        model.save_pretrained(tmp_path / folder)
+        tokenizer.save_pretrained(tmp_path / folder)
+        config = json.loads((tmp_path / folder / "config.json").read_text())
+        config["transformers_version"] = version
+        (tmp_path / folder / "config.json").write_text(json.dumps(config))
+    loading._EPS_SAID.clear()
+    with caplog.at_level(logging.WARNING, logger="capfilt.models"):
+        hub = loading.load_checkpoint(str(tmp_path / "hub"))
+        loading.load_checkpoint(str(tmp_path / "hub"))
+        ours = loading.load_checkpoint(str(tmp_path / "ours"))
+    norms = [m for m in hub.model.vision_model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms) and hub.model.config.vision_config.layer_norm_eps == 1e-6
+    assert all(m.eps == 1e-5 for m in ours.model.vision_model.modules() if isinstance(m, torch.nn.LayerNorm))
+    said = [r for r in caplog.records if "eps" in r.getMessage()]
+    assert len(said) == 1 and "1e-05 becomes the original ViT's 1e-06" in said[0].getMessage()

@@ -22,11 +22,12 @@ FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 PHOTOS = Path(skimage.__file__).parent / "data"
 # fp32 on both sides; what remains is summation order (the ViT's fused attention, BERT's) and the images' resize
 SCORE_TOLERANCE = 2e-5
+HEAD_DIM = 8  # every fixture's attention heads are 8 wide (tests/fixtures/upstream/README.md)
 CASES = sorted(path.parent.name for path in FIXTURES.glob("*/expected.json"))
 
 
-def case_of(task: str) -> list[str]:
-    return [name for name in CASES if name.endswith(f"-{task}") and "blip2" not in name]
+def case_of(task: str, family: str = "blip") -> list[str]:
+    return [name for name in CASES if name.endswith(f"-{task}") and ("blip2" in name) == (family == "blip2")]
 
 
 @pytest.fixture(scope="module")
@@ -38,27 +39,18 @@ def converted(tmp_path_factory):
         if name not in cache:
             folder = FIXTURES / name
             expected = json.loads((folder / "expected.json").read_text())
-            text = bert_config(expected["config"])
-            heads = text["hidden_size"] // text["num_attention_heads"]
             out = tmp_path_factory.mktemp(name) / "hf"
-            record = convert(folder / "model.pth", out, tokenizer=FIXTURES, head_dim=heads)
+            # a BLIP-2 captioner's tokenizer is its OPT's: beside the .pth (LAVIS), or in the OPT directory the
+            # toolbox needs anyway (it never saves the language model)
+            language_model = folder / "opt" if (folder / "opt").is_dir() else None
+            tokenizer = folder if "opt-caption" in name else FIXTURES
+            record = convert(folder / "model.pth", out, tokenizer=None if language_model else tokenizer,
+                             head_dim=HEAD_DIM, language_model=language_model)
             assert record.layout == expected["source"]
             cache[name] = expected, out, record
         return cache[name]
 
     return get
-
-
-def bert_config(config) -> dict:
-    """The BERT config inside an upstream model config (LAVIS: "bert"; the toolbox: a "med_config" somewhere)."""
-    if isinstance(config, dict):
-        if "hidden_size" in config and "num_attention_heads" in config:
-            return config
-        for value in config.values():
-            found = bert_config(value)
-            if found:
-                return found
-    return {}
 
 
 def photos(expected: dict, role) -> np.ndarray:
@@ -162,6 +154,50 @@ def test_vqa_answers_are_the_upstream_answers(converted, name):
     assert ranked == expected["answers_rank"]
 
 
+@pytest.mark.parametrize("name", case_of("retrieval", "blip2"))
+def test_blip2_itm_and_itc_are_the_upstream_scores(converted, name):
+    """BLIP-2's Q-Former filter: ITM (softmax of the query-averaged logits), ITC (the best query), embeddings."""
+    expected, directory, record = converted(name)
+    matcher = load_role(str(directory), "retrieval", device="cpu", precision="fp32")
+    texts = expected["texts"]
+    images = photos(expected, matcher)
+    scores = matcher.score(images, [texts] * len(images))
+    shape = (len(images), len(texts))
+    np.testing.assert_allclose(scores.itm.reshape(shape), np.array(expected["itm"]), atol=SCORE_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(scores.itc.reshape(shape), np.array(expected["itc"]), atol=SCORE_TOLERANCE, rtol=0)
+    _, queries = matcher.image_features(images)
+    np.testing.assert_allclose(queries.numpy(), np.array(expected["image_embeds"]), atol=SCORE_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(matcher.text_embeddings(texts).numpy(), np.array(expected["text_embeds"]),
+                               atol=SCORE_TOLERANCE, rtol=0)
+    if "itm_toolbox_score" in expected:  # the toolbox ranks by the raw "match" logit averaged over the queries
+        states, _ = matcher.image_features(images)
+        index = torch.arange(len(images)).repeat_interleave(len(texts))
+        logit = matcher.itm(states, texts * len(images), image_index=index, logit=True)
+        np.testing.assert_allclose(logit.numpy().reshape(shape), np.array(expected["itm_toolbox_score"]),
+                                   atol=SCORE_TOLERANCE, rtol=0)
+    # EVA's split q/v biases were joined, the Q-Former's language-modelling head and temp dropped with reasons
+    assert any("q_bias and v_bias" in fix for fix in record.fixes)
+    assert any(".cls." in key for key in record.dropped) and "temp" in record.dropped
+    assert matcher.model.vision_model.post_layernorm.eps == 1e-5  # upstream's ln_vision, not the ViT's 1e-6
+
+
+@pytest.mark.parametrize("name", case_of("opt-caption", "blip2"))
+def test_blip2_captions_are_the_upstream_captions(converted, name):
+    """BLIP-2 OPT captions, beam 5, from the converted ViT, Q-Former, projection and OPT (the toolbox's from the OPT
+    directory it needs beside the .pth)."""
+    expected, directory, record = converted(name)
+    captioner = load_role(str(directory), "caption", device="cpu", precision="fp32")
+    settings = expected["settings"]
+    assert captioner.eos_id == settings.get("eos_token_id", expected.get("eos_token_id"))
+    got = captioner.caption(photos(expected, captioner), prompt="a photo of", num_beams=settings["num_beams"],
+                            max_new_tokens=settings["max_new_tokens"], min_new_tokens=settings["min_length"])
+    assert got == [caption.strip() for caption in expected["captions"]]
+    if expected["source"] == "toolbox":  # its configs read the ViT's last layer but one
+        assert any("out_indices=-2" in reason for reason in record.dropped.values())
+        assert captioner.model.config.vision_config.num_hidden_layers == expected["config"]["vision_backbone"][
+            "arch"]["num_layers"] - 1
+
+
 def test_the_job_runs_on_the_pth_files_themselves(tmp_path):
     """`jobs/capfilt.py --captioner FILE.pth --filter FILE.pth`, as a user runs it: each file converted once into
     the cache (keyed by its hash), the tokenizer found beside the files, and the rows those models give."""
@@ -205,3 +241,35 @@ def test_the_job_runs_on_the_pth_files_themselves(tmp_path):
     direct = duckdb.sql(f"SELECT key, status, synthetic FROM read_parquet('{again}/shards/*.parquet') ORDER BY key") \
         .to_arrow_table().to_pylist()
     assert rows == direct
+
+
+def test_the_job_runs_on_blip2_pth_files_with_their_language_model(tmp_path):
+    """BLIP-2 CapFilt on the toolbox's .pth files, as a user runs it: the captioner's OPT (which the toolbox does
+    not save) named by $CAPFILT_LANGUAGE_MODEL, the Q-Former's BERT vocabulary beside the filter's file."""
+    import os
+    import subprocess
+    import sys
+
+    import duckdb
+
+    from tests.corpus import build_demo_shards
+
+    seeds = tmp_path / "downloads"
+    seeds.mkdir()
+    for name in ("opt-caption", "retrieval"):
+        (seeds / f"blip2-{name}.pth").write_bytes((FIXTURES / f"toolbox-blip2-{name}" / "model.pth").read_bytes())
+    (seeds / "vocab.txt").write_text((FIXTURES / "vocab.txt").read_text())
+    shards = build_demo_shards(tmp_path / "shards", shards=1, per_shard=3, broken=False)
+    env = dict(os.environ, CAPFILT_CACHE=str(tmp_path / "cache"), CAPFILT_HEAD_DIM=str(HEAD_DIM),
+               CAPFILT_LANGUAGE_MODEL=str(FIXTURES / "toolbox-blip2-opt-caption" / "opt"))
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "jobs/capfilt.py", "--input", str(shards[0]), "--output", str(out),
+                           "--captioner", str(seeds / "blip2-opt-caption.pth"), "--filter",
+                           str(seeds / "blip2-retrieval.pth"), "--num-captions", "2", "--precision", "fp32"],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = duckdb.sql(f"SELECT status, synthetic FROM read_parquet('{out}/shards/*.parquet')").to_arrow_table() \
+        .to_pylist()
+    assert len(rows) == 3 and all(r["status"] == "ok" and len(r["synthetic"]) == 2 for r in rows)
+    assert all(0 <= s["itm"] <= 1 and s["text"] for r in rows for s in r["synthetic"])

@@ -625,7 +625,9 @@ def task_blip2_opt_caption(images):
     try:
         vocab_size = build_bpe(tmp)
         torch.manual_seed(SEED)
-        opt_cfg = dict(OPT, vocab_size=vocab_size)
+        # OPT's embedding matrix has spare rows past its tokenizer (50272 for 50265 tokens: a multiple of 8), where
+        # transformers' BLIP-2 puts its <image> token; the tiny one is padded to a multiple of 8 likewise.
+        opt_cfg = dict(OPT, vocab_size=-(-(vocab_size + 1) // 8) * 8)
         OPTForCausalLM(OPTConfig(**opt_cfg)).save_pretrained(tmp, safe_serialization=False)
         orig_fp = OPTForCausalLM.from_pretrained.__func__
 
