@@ -200,7 +200,7 @@ def _fill_tied(model, mapped: dict[str, torch.Tensor], fixes: list[str]) -> None
         if target not in mapped:
             mapped[target] = mapped[origin]
             fixes.append(f"{target} tied to {origin}, as the original is")
-        elif not torch.equal(mapped[target], mapped[origin]):
+        elif not mapped[target].is_meta and not torch.equal(mapped[target], mapped[origin]):
             raise ModelLoadError(f"{target} differs from {origin}, which transformers ties it to: this checkpoint "
                                  "is not the model transformers runs")
 
@@ -299,11 +299,21 @@ def convert(source: str | os.PathLike, to: str | os.PathLike, task: str | None =
             tokenizer: str | os.PathLike | None = None, head_dim: int | None = None,
             language_model: str | os.PathLike | None = None, replace: bool = True) -> Conversion:
     """Convert a `.pth` into a Hugging Face-layout directory `to` (written whole, or not at all)."""
+    source = Path(source)
+    model, tok, record = build(read_state_dict(source), source, task, tokenizer, head_dim, language_model)
+    record.sha256 = file_sha256(source)
+    _write(model.eval(), tok, model.config.vision_config.image_size, record, Path(to), replace)
+    return record
+
+
+def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
+          tokenizer: str | os.PathLike | None = None, head_dim: int | None = None,
+          language_model: str | os.PathLike | None = None):
+    """(the transformers model, its tokenizer, the record) of a checkpoint's state dict, read from `source`; with
+    meta tensors, the model is on the meta device (the real-size test)."""
     import transformers
 
-    source = Path(source)
     language_model = language_model or os.environ.get("CAPFILT_LANGUAGE_MODEL") or None
-    state = read_state_dict(source)
     layout = layouts.detect(state)
     if layout is None:
         raise ModelLoadError(f"{str(source)!r} is in no layout capfilt knows (the toolbox's, LAVIS's, the original "
@@ -345,10 +355,7 @@ def convert(source: str | os.PathLike, to: str | os.PathLike, task: str | None =
     _check_exact(source, task, model.state_dict(), mapped)
     model.load_state_dict({k: v.float().contiguous() for k, v in mapped.items()}, assign=True, strict=True)
     model.tie_weights()
-    record = Conversion(str(source), file_sha256(source), layout.name, task, len(state) - len(dropped), norms,
-                        dropped, fixes)
-    _write(model.eval(), tok, config.vision_config.image_size, record, Path(to), replace)
-    return record
+    return model, tok, Conversion(str(source), "", layout.name, task, len(state) - len(dropped), norms, dropped, fixes)
 
 
 def _check_exact(source: Path, task: str, expected: dict, mapped: dict) -> None:

@@ -21,6 +21,8 @@ BERT_EPS = 1e-12
 # layouts.KNOWN_HEADS). $CAPFILT_HEAD_DIM sets another for a model trained with other heads (the tests' tiny
 # upstream models have 8-wide heads).
 HEAD_DIM = 64
+# OPT's heads are not 64 wide in every size (2.7b: 2560 in 32 heads of 80): its published configs, by width.
+OPT_HEADS = {768: 12, 1024: 16, 2048: 32, 2560: 32, 4096: 32, 5120: 40, 7168: 56, 9216: 72, 12288: 96}
 
 
 class Shapes:
@@ -114,7 +116,7 @@ def opt_config(s: Shapes, tokenizer):
     width = s.shape(prefix + "layers.0.self_attn.q_proj.weight")[0]
     return OPTConfig(vocab_size=vocab, hidden_size=width, word_embed_proj_dim=embed,
                      num_hidden_layers=s.count(re.escape(prefix) + r"layers\.(\d+)\."),
-                     num_attention_heads=s.heads(width, "OPT"), ffn_dim=s.shape(prefix + "layers.0.fc1.weight")[0],
+                     num_attention_heads=OPT_HEADS.get(width) or s.heads(width, "OPT"), ffn_dim=s.shape(prefix + "layers.0.fc1.weight")[0],
                      max_position_embeddings=s.shape(prefix + "embed_positions.weight")[0] - 2,
                      do_layer_norm_before=s.has(prefix + "final_layer_norm.weight"),
                      enable_bias=s.has(prefix + "layers.0.self_attn.q_proj.bias"),
