@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessorList
 
 from models.base import Role
+from models.beam import beam_search, cache_argument
 from models.sampling import SeededNucleus, derive_seed, row_uniforms
 from models.sampling_config import DEFAULT
 
@@ -89,14 +90,55 @@ class Blip2Captioner(Blip2Generator):
 
     def caption(self, images, prompt: str = CAPTION_PROMPT, num_beams: int = 5, max_new_tokens: int = 30,
                 min_new_tokens: int = 1, length_penalty: float = 1.0, repetition_penalty: float = 1.0,
-                image_states: torch.Tensor | None = None) -> list[str]:
+                image_states: torch.Tensor | None = None, beam_rule: str | None = "toolbox") -> list[str]:
         """The toolbox's BLIP-2 protocol (beam 5, up to 30 new tokens, at least 1); LAVIS's COCO evaluation is
-        min_new_tokens=8 at 364 px. The prompt is not part of the returned caption."""
+        min_new_tokens=4 (its min_length 8 counts the prompt's 4 tokens) at 364 px. The prompt is not part of the
+        returned caption. `beam_rule` scores finished beams as the upstream's transformers did (on OPT): "toolbox"
+        (4.33: over a start placeholder and the new tokens, stopping a step later) or "lavis" (4.26: over the prompt
+        and the new tokens); None: transformers 5's own beam search (over the new tokens, the end included)."""
         states = self.encode_images(images) if image_states is None else image_states
         query = self.query_embeds(states)
-        return self.generate(query, [prompt] * query.shape[0], num_beams=num_beams, max_new_tokens=max_new_tokens,
-                             min_new_tokens=min_new_tokens, length_penalty=length_penalty,
-                             repetition_penalty=repetition_penalty, do_sample=False)
+        if beam_rule is None or not self.decoder_only:  # T5's: transformers' generate (no upstream fixture to match)
+            return self.generate(query, [prompt] * query.shape[0], num_beams=num_beams,
+                                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                 length_penalty=length_penalty, repetition_penalty=repetition_penalty,
+                                 do_sample=False)
+        return self.beam_captions(query, prompt, beam_rule, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                  min_new_tokens=min_new_tokens, length_penalty=length_penalty,
+                                  repetition_penalty=repetition_penalty)
+
+    @torch.inference_mode()
+    def beam_captions(self, query: torch.Tensor, prompt: str, rule: str, *, num_beams: int, max_new_tokens: int,
+                      min_new_tokens: int, length_penalty: float, repetition_penalty: float) -> list[str]:
+        """Beam search on OPT over the queries and the prompt, lengths counted as `rule`'s transformers counted them
+        (models.beam): LAVIS's the prompt's tokens and the new ones, the toolbox's (generating from embeddings
+        alone) one start placeholder and the new ones."""
+        ids, mask = self.input_ids([prompt] * query.shape[0])
+        language_model = self.model.language_model
+        counted = ids[:, self.queries:] if rule == "lavis" else ids[:, self.queries:self.queries + 1]
+        width = [ids.shape[1]]
+        cache, cache_name = DynamicCache(config=language_model.config), cache_argument(language_model)
+        with self.autocast():
+            embeds = language_model.get_input_embeddings()(ids)
+            embeds = embeds.masked_scatter((ids == self.image_token).unsqueeze(-1), query.to(embeds.dtype))
+            embeds = embeds.repeat_interleave(num_beams, dim=0)
+
+            def step(tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+                if rows is None:
+                    inputs = {"inputs_embeds": embeds}
+                else:
+                    cache.reorder_cache(rows)
+                    width[0] += 1
+                    inputs = {"input_ids": tokens}
+                attention = torch.ones(embeds.shape[0], width[0], dtype=torch.long, device=self.device)
+                return language_model(**inputs, attention_mask=attention, use_cache=True, return_dict=True,
+                                      **{cache_name: cache}).logits[:, -1, :]
+
+            best = beam_search(step, counted, num_beams=num_beams, max_length=counted.shape[1] + max_new_tokens,
+                               min_length=counted.shape[1] + min_new_tokens, eos_token_id=self.eos_id,
+                               pad_token_id=self.pad_id, repetition_penalty=repetition_penalty,
+                               length_penalty=length_penalty, rule=rule)
+        return self.decode([row[counted.shape[1]:].tolist() for row in best])
 
     def sample(self, images, sample_ids: Sequence[str], seed: int = DEFAULT.seed,
                num_captions: int = DEFAULT.num_captions, prompt: str | None = None, top_p: float = DEFAULT.top_p,

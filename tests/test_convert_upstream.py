@@ -184,14 +184,23 @@ def test_blip2_itm_and_itc_are_the_upstream_scores(converted, name):
 @pytest.mark.parametrize("name", case_of("opt-caption", "blip2"))
 def test_blip2_captions_are_the_upstream_captions(converted, name):
     """BLIP-2 OPT captions, beam 5, from the converted ViT, Q-Former, projection and OPT (the toolbox's from the OPT
-    directory it needs beside the .pth)."""
+    directory it needs beside the .pth), beams scored as each upstream's transformers scored them."""
     expected, directory, record = converted(name)
     captioner = load_role(str(directory), "caption", device="cpu", precision="fp32")
     settings = expected["settings"]
     assert captioner.eos_id == settings.get("eos_token_id", expected.get("eos_token_id"))
+    # min_length counts what the beam rule counts: LAVIS's prompt tokens, the toolbox's start placeholder
+    counted = len(expected["prompt_ids"]) if expected["source"] == "lavis" else 1
     got = captioner.caption(photos(expected, captioner), prompt="a photo of", num_beams=settings["num_beams"],
-                            max_new_tokens=settings["max_new_tokens"], min_new_tokens=settings["min_length"])
+                            max_new_tokens=settings["max_new_tokens"], min_new_tokens=settings["min_length"] - counted,
+                            beam_rule=expected["source"])
     assert got == [caption.strip() for caption in expected["captions"]]
+    # "\n" made likely (NEWLINE_END), beams finish at different lengths: transformers 5's beam scoring (over the
+    # new tokens) and the other upstream's pick other captions
+    for rule in (None, {"lavis": "toolbox", "toolbox": "lavis"}[expected["source"]]):
+        assert captioner.caption(photos(expected, captioner), num_beams=settings["num_beams"],
+                                 max_new_tokens=settings["max_new_tokens"],
+                                 min_new_tokens=settings["min_length"] - counted, beam_rule=rule) != got
     if expected["source"] == "toolbox":  # its configs read the ViT's last layer but one
         assert any("out_indices=-2" in reason for reason in record.dropped.values())
         assert captioner.model.config.vision_config.num_hidden_layers == expected["config"]["vision_backbone"][

@@ -617,6 +617,23 @@ def build_bpe(dirname):
     return len(vocab)
 
 
+# OPT has no output bias (its lm_head is its word embeddings), so the end token, "\n", is made likely another way:
+# the final LayerNorm's bias raised on one coordinate and "\n"'s embedding row laid on that coordinate. Its logit
+# is then NEWLINE_END[1] * (NEWLINE_END[0] + that coordinate of the normalised state): high on average, varying from
+# step to step, so beams end at different lengths and the beam-length rule is tested. ("\n" is never an input:
+# a caption ends at it.)
+NEWLINE_END = tuple(float(x) for x in os.environ.get("NEWLINE_END", "2.0,1.2").split(","))
+
+
+def newline_end(opt, newline_id):
+    with torch.no_grad():
+        opt.model.decoder.final_layer_norm.bias[0] += NEWLINE_END[0]
+        row = opt.model.decoder.embed_tokens.weight[newline_id]
+        row.zero_()
+        row[0] = NEWLINE_END[1]
+    assert opt.lm_head.weight is opt.model.decoder.embed_tokens.weight
+
+
 def task_blip2_opt_caption(images):
     from lavis.models.blip2_models import blip2_opt as lavis_blip2_opt
     from lavis.models.blip2_models.modeling_opt import OPTConfig, OPTForCausalLM
@@ -644,6 +661,7 @@ def task_blip2_opt_caption(images):
                                              num_query_token=NUM_QUERY, opt_model=tmp, prompt=prompt,
                                              max_txt_len=32)
         reinit(model, SEED + 5)
+        newline_end(model.opt_model, model.eos_token_id)
         model.eval()
         assert model.opt_model.dtype == torch.float32
         settings = dict(use_nucleus_sampling=False, num_beams=5, max_length=30, min_length=8, top_p=0.9,

@@ -623,6 +623,23 @@ def opt_dir(tmp):
     return d, ocfg.to_diff_dict(), len(vocab)
 
 
+# OPT has no output bias (its lm_head is its word embeddings), so the end token, "\n", is made likely another way:
+# the final LayerNorm's bias raised on one coordinate and "\n"'s embedding row laid on that coordinate. Its logit
+# is then NEWLINE_END[1] * (NEWLINE_END[0] + that coordinate of the normalised state): high on average, varying from
+# step to step, so beams end at different lengths and the beam-length rule is tested. ("\n" is never an input:
+# a caption ends at it.) As scripts/upstream/lavis_fixtures.py does.
+NEWLINE_END = tuple(float(x) for x in os.environ.get("NEWLINE_END", "2.0,1.2").split(","))
+
+
+def newline_end(opt, newline_id):
+    with torch.no_grad():
+        opt.model.decoder.final_layer_norm.bias[0] += NEWLINE_END[0]
+        row = opt.model.decoder.embed_tokens.weight[newline_id]
+        row.zero_()
+        row[0] = NEWLINE_END[1]
+    assert opt.lm_head.weight is opt.model.decoder.embed_tokens.weight
+
+
 def task_blip2_opt_caption(photos_dir, out_dir, tmp):
     qdir, qcfg = qformer_dir(tmp, 212)
     odir, ocfg, n_vocab = opt_dir(tmp)
@@ -644,6 +661,7 @@ def task_blip2_opt_caption(photos_dir, out_dir, tmp):
     torch.manual_seed(SEED)
     model = MODELS.build(build)
     reinit(model, SEED)
+    newline_end(model.text_backbone, model.eos_token_id)
     model.eval()
     images = load_images(photos_dir, model.data_preprocessor)
     captured = {}
