@@ -111,7 +111,13 @@ def pth_route(name: str) -> str:
     url = _zoo().get(name, {}).get("pth")
     if not url:
         return ""
+    entry = _zoo()[name]
     file = url.rsplit("/", 1)[-1]
+    if entry["family"] == "blip2" and entry["task"] != "retrieval":  # the toolbox saves no language model
+        task = " --task vqa" if entry["task"] == "vqa" else ""
+        return (f"; or download {file} ({url}) and facebook/opt-2.7b, then name the file itself with "
+                f"CAPFILT_LANGUAGE_MODEL=OPT_DIR set, or convert it once with `python -m models convert {file} "
+                f"--to DIR --language-model OPT_DIR{task}` and name DIR")
     return (f"; or download {file} ({url}) and name the file itself, or convert it once with "
             f"`python -m models convert {file} --to DIR --tokenizer TOKENIZER_DIR` and name DIR")
 

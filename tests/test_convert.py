@@ -165,6 +165,12 @@ def test_the_zoo_names_the_seed_download_beside_the_hub_id():
     assert "python -m models convert blip-base_3rdparty_nlvr_20230427-3b14d33f.pth --to DIR" in message
     zoo = json.loads((ROOT / "models" / "zoo.json").read_text())
     assert zoo["blip-base_3rdparty_caption"]["pth"].endswith("blip-base_3rdparty_coco-caption_20230419-a5b71af3.pth")
+    # a BLIP-2 captioner's route names the language model the toolbox does not save, and the task
+    from models.names import pth_route
+
+    route = pth_route("blip2-opt2.7b_3rdparty-zeroshot_vqa")
+    assert "CAPFILT_LANGUAGE_MODEL=OPT_DIR" in route and "--language-model OPT_DIR --task vqa" in route
+    assert "--language-model" not in pth_route("blip2_3rdparty_retrieval")
 
 
 def test_a_pth_converts_once_into_a_cache_keyed_by_its_hash(tmp_path, monkeypatch):
