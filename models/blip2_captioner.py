@@ -39,6 +39,7 @@ class Blip2Generator(Role):
         self.tokenizer.padding_side = "left" if self.decoder_only else "right"
         text = config.text_config
         self.pad_id = text.pad_token_id
+        self.bos_id = text.bos_token_id  # the toolbox's transformers starts its output with it (a placeholder)
         if self.decoder_only:  # OPT ends a caption at its newline token (50118 in OPT's vocabulary), as LAVIS does
             self.eos_id = self.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
         else:
@@ -79,6 +80,42 @@ class Blip2Generator(Role):
             out = language_model.generate(**inputs, eos_token_id=self.eos_id, pad_token_id=self.pad_id, **kwargs)
         return self.decode(out[:, ids.shape[1]:] if self.decoder_only else out)
 
+    @torch.inference_mode()
+    def beam_generate(self, query: torch.Tensor, texts: Sequence[str], rule: str, *, num_beams: int,
+                      max_new_tokens: int, min_new_tokens: int, length_penalty: float,
+                      repetition_penalty: float = 1.0) -> list[str]:
+        """Beam search on OPT over the queries and each text (text r reads query[r]), lengths counted as `rule`'s
+        transformers counted them (models.beam): LAVIS's the prompt's tokens and the new ones, the toolbox's
+        (generating from embeddings alone) one start placeholder and the new ones."""
+        ids, mask = self.input_ids(texts)
+        if rule == "lavis" and not bool(mask.all()):
+            raise ValueError("LAVIS's beam rule counts the prompt's tokens, which padded prompts of different "
+                             "lengths do not share; use it with one prompt")
+        language_model = self.model.language_model
+        counted = ids[:, self.queries:] if rule == "lavis" else torch.full_like(ids[:, :1], self.bos_id)
+        cache, cache_name = DynamicCache(config=language_model.config), cache_argument(language_model)
+        attention = [mask.repeat_interleave(num_beams, dim=0)]
+        with self.autocast():
+            embeds = language_model.get_input_embeddings()(ids)
+            embeds = embeds.masked_scatter((ids == self.image_token).unsqueeze(-1), query.to(embeds.dtype))
+            embeds = embeds.repeat_interleave(num_beams, dim=0)
+
+            def step(tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+                if rows is None:
+                    inputs = {"inputs_embeds": embeds}
+                else:
+                    cache.reorder_cache(rows)
+                    attention[0] = torch.cat([attention[0][rows], torch.ones_like(tokens)], dim=1)
+                    inputs = {"input_ids": tokens}
+                return language_model(**inputs, attention_mask=attention[0], use_cache=True, return_dict=True,
+                                      **{cache_name: cache}).logits[:, -1, :]
+
+            best = beam_search(step, counted, num_beams=num_beams, max_length=counted.shape[1] + max_new_tokens,
+                               min_length=counted.shape[1] + min_new_tokens, eos_token_id=self.eos_id,
+                               pad_token_id=self.pad_id, repetition_penalty=repetition_penalty,
+                               length_penalty=length_penalty, rule=rule)
+        return self.decode([row[counted.shape[1]:].tolist() for row in best])
+
     def start_length(self, prompt: str) -> int:
         """The start token and the prompt's tokens: what CapFilt's sampling lengths count before new tokens."""
         return 1 + len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -103,42 +140,9 @@ class Blip2Captioner(Blip2Generator):
                                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                  length_penalty=length_penalty, repetition_penalty=repetition_penalty,
                                  do_sample=False)
-        return self.beam_captions(query, prompt, beam_rule, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                  min_new_tokens=min_new_tokens, length_penalty=length_penalty,
-                                  repetition_penalty=repetition_penalty)
-
-    @torch.inference_mode()
-    def beam_captions(self, query: torch.Tensor, prompt: str, rule: str, *, num_beams: int, max_new_tokens: int,
-                      min_new_tokens: int, length_penalty: float, repetition_penalty: float) -> list[str]:
-        """Beam search on OPT over the queries and the prompt, lengths counted as `rule`'s transformers counted them
-        (models.beam): LAVIS's the prompt's tokens and the new ones, the toolbox's (generating from embeddings
-        alone) one start placeholder and the new ones."""
-        ids, mask = self.input_ids([prompt] * query.shape[0])
-        language_model = self.model.language_model
-        counted = ids[:, self.queries:] if rule == "lavis" else ids[:, self.queries:self.queries + 1]
-        width = [ids.shape[1]]
-        cache, cache_name = DynamicCache(config=language_model.config), cache_argument(language_model)
-        with self.autocast():
-            embeds = language_model.get_input_embeddings()(ids)
-            embeds = embeds.masked_scatter((ids == self.image_token).unsqueeze(-1), query.to(embeds.dtype))
-            embeds = embeds.repeat_interleave(num_beams, dim=0)
-
-            def step(tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-                if rows is None:
-                    inputs = {"inputs_embeds": embeds}
-                else:
-                    cache.reorder_cache(rows)
-                    width[0] += 1
-                    inputs = {"input_ids": tokens}
-                attention = torch.ones(embeds.shape[0], width[0], dtype=torch.long, device=self.device)
-                return language_model(**inputs, attention_mask=attention, use_cache=True, return_dict=True,
-                                      **{cache_name: cache}).logits[:, -1, :]
-
-            best = beam_search(step, counted, num_beams=num_beams, max_length=counted.shape[1] + max_new_tokens,
-                               min_length=counted.shape[1] + min_new_tokens, eos_token_id=self.eos_id,
-                               pad_token_id=self.pad_id, repetition_penalty=repetition_penalty,
-                               length_penalty=length_penalty, rule=rule)
-        return self.decode([row[counted.shape[1]:].tolist() for row in best])
+        return self.beam_generate(query, [prompt] * query.shape[0], beam_rule, num_beams=num_beams,
+                                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  length_penalty=length_penalty, repetition_penalty=repetition_penalty)
 
     def sample(self, images, sample_ids: Sequence[str], seed: int = DEFAULT.seed,
                num_captions: int = DEFAULT.num_captions, prompt: str | None = None, top_p: float = DEFAULT.top_p,
@@ -173,16 +177,20 @@ class Blip2Answerer(Blip2Generator):
 
     def answer(self, images, questions: Sequence[str], prompt: str = VQA_PROMPT, num_beams: int = 5,
                max_new_tokens: int = 10, min_new_tokens: int = 1, length_penalty: float = -1.0,
-               image_states: torch.Tensor | None = None) -> list[str]:
+               image_states: torch.Tensor | None = None, beam_rule: str | None = "toolbox") -> list[str]:
         """BLIP-2's zero-shot VQA: the question in the prompt, beam 5, up to 10 new tokens, length penalty -1
-        (short answers); the answers are normalised by the VQA metric as BLIP's are."""
+        (short answers); the answers are normalised by the VQA metric as BLIP's are. `beam_rule`: as
+        `Blip2Captioner.caption`'s (the toolbox's by default; None for transformers 5's own)."""
         if len(questions) != len(images):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         states = self.encode_images(images) if image_states is None else image_states
         query = self.query_embeds(states)
-        return self.generate(query, [prompt.format(q) for q in questions], num_beams=num_beams,
-                             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                             length_penalty=length_penalty, do_sample=False)
+        texts = [prompt.format(q) for q in questions]
+        if beam_rule is None or not self.decoder_only:
+            return self.generate(query, texts, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=min_new_tokens, length_penalty=length_penalty, do_sample=False)
+        return self.beam_generate(query, texts, beam_rule, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                  min_new_tokens=min_new_tokens, length_penalty=length_penalty)
 
     def rank(self, *args, **kwargs):
         raise ValueError("BLIP-2 answers VQA by generation (protocol mode: generate); ranking over an answer list is "

@@ -219,7 +219,7 @@ TOOLBOX_BLIP2 = Layout(
         (r".*\.position_ids", REBUILT),
     ),
     tasks=(("retrieval", ("multimodal_head.",)), ("caption", ("vision_neck.",))),
-    penultimate_vision=("caption",),  # its configs read out_indices=-2
+    penultimate_vision=("caption", "vqa"),  # its caption and VQA configs read out_indices=-2
 )
 
 # BLIP-2 first: its checkpoints also hold keys a BLIP layout's marker could match

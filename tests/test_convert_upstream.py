@@ -45,7 +45,8 @@ def converted(tmp_path_factory):
             language_model = folder / "opt" if (folder / "opt").is_dir() else None
             tokenizer = folder if "opt-caption" in name else FIXTURES
             record = convert(folder / "model.pth", out, tokenizer=None if language_model else tokenizer,
-                             head_dim=HEAD_DIM, language_model=language_model)
+                             head_dim=HEAD_DIM, language_model=language_model,
+                             task="vqa" if name.endswith("-vqa") and "blip2" in name else None)
             assert record.layout == expected["source"]
             cache[name] = expected, out, record
         return cache[name]
@@ -282,3 +283,19 @@ def test_the_job_runs_on_blip2_pth_files_with_their_language_model(tmp_path):
         .to_pylist()
     assert len(rows) == 3 and all(r["status"] == "ok" and len(r["synthetic"]) == 2 for r in rows)
     assert all(0 <= s["itm"] <= 1 and s["text"] for r in rows for s in r["synthetic"])
+
+
+@pytest.mark.parametrize("name", case_of("opt-vqa", "blip2"))
+def test_blip2_answers_are_the_upstream_answers(converted, name):
+    """The toolbox's zero-shot BLIP-2 VQA (its captioner's checkpoint, converted with --task vqa): prompts of
+    different lengths padded on the left after the queries, beam 5, length penalty -1, the toolbox's beam rule."""
+    expected, directory, record = converted(name)
+    answerer = load_role(str(directory), "vqa", device="cpu", precision="fp32")
+    settings = expected["settings"]
+    images = photos(expected, answerer)
+    got = answerer.answer(images, expected["questions"], num_beams=settings["num_beams"],
+                          max_new_tokens=settings["max_new_tokens"], min_new_tokens=settings["min_length"] - 1)
+    assert got == expected["answers"] == expected["answers_one_by_one"]  # the left padding changes nothing
+    # its VQA config, too, reads the ViT's last layer but one (converted with both layers, 2 of 4 answers differed)
+    assert any("out_indices=-2" in reason for reason in record.dropped.values())
+    assert answerer.model.config.vision_config.num_hidden_layers == 1

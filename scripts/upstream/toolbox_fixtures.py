@@ -629,21 +629,37 @@ def opt_dir(tmp):
 # step to step, so beams end at different lengths and the beam-length rule is tested. ("\n" is never an input:
 # a caption ends at it.) As scripts/upstream/lavis_fixtures.py does.
 NEWLINE_END = tuple(float(x) for x in os.environ.get("NEWLINE_END", "2.0,1.2").split(","))
+# VQA's length penalty -1 favours short answers: a weaker end, or every answer would be empty
+NEWLINE_END_VQA = tuple(float(x) for x in os.environ.get("NEWLINE_END_VQA", "2.0,0.8").split(","))
 
 
-def newline_end(opt, newline_id):
+def newline_end(opt, newline_id, shift_scale=NEWLINE_END):
     with torch.no_grad():
-        opt.model.decoder.final_layer_norm.bias[0] += NEWLINE_END[0]
+        opt.model.decoder.final_layer_norm.bias[0] += shift_scale[0]
         row = opt.model.decoder.embed_tokens.weight[newline_id]
         row.zero_()
-        row[0] = NEWLINE_END[1]
+        row[0] = shift_scale[1]
     assert opt.lm_head.weight is opt.model.decoder.embed_tokens.weight
 
 
+BLIP2_QUESTIONS = ["what is the man wearing", "what color is the cup", "what animal is this",
+                   "is there a rocket in the sky"]  # of different lengths: the prompts are padded (left)
+
+
 def task_blip2_opt_caption(photos_dir, out_dir, tmp):
+    blip2_opt(photos_dir, out_dir, tmp, vqa=False)
+
+
+def task_blip2_opt_vqa(photos_dir, out_dir, tmp):
+    blip2_opt(photos_dir, out_dir, tmp, vqa=True)
+
+
+def blip2_opt(photos_dir, out_dir, tmp, vqa):
+    """Blip2Caption, or Blip2VQA (the same modules, so the same weights: its zero-shot answers, prompt
+    "Question: {} Answer:", 10 new tokens, length penalty -1, all hard-coded in its predict)."""
     qdir, qcfg = qformer_dir(tmp, 212)
     odir, ocfg, n_vocab = opt_dir(tmp)
-    cfg = dict(type="Blip2Caption",
+    cfg = dict(type="Blip2VQA" if vqa else "Blip2Caption",
                tokenizer=dict(type="AutoTokenizer", name_or_path="facebook/opt-2.7b",
                               use_fast=False),
                vision_backbone=dict(tiny_eva(out_indices=-2), frozen_stages=2),
@@ -652,7 +668,7 @@ def task_blip2_opt_caption(photos_dir, out_dir, tmp):
                                         vision_model_width=32, add_cross_attention=True,
                                         cross_attention_freq=2, num_query_token=8),
                vision_neck=dict(type="LinearClsHead", in_channels=32, num_classes=32),
-               prompt="a photo of", max_txt_len=30,
+               prompt="Question: {} Answer:" if vqa else "a photo of", max_txt_len=10 if vqa else 30,
                data_preprocessor=dict(PREPROC))
     build = json.loads(json.dumps(cfg))
     build["tokenizer"]["name_or_path"] = odir
@@ -661,7 +677,7 @@ def task_blip2_opt_caption(photos_dir, out_dir, tmp):
     torch.manual_seed(SEED)
     model = MODELS.build(build)
     reinit(model, SEED)
-    newline_end(model.text_backbone, model.eos_token_id)
+    newline_end(model.text_backbone, model.eos_token_id, NEWLINE_END_VQA if vqa else NEWLINE_END)
     model.eval()
     images = load_images(photos_dir, model.data_preprocessor)
     captured = {}
@@ -675,8 +691,28 @@ def task_blip2_opt_caption(photos_dir, out_dir, tmp):
         return out
     model.text_backbone.generate = spy
     with torch.no_grad():
-        samples = model.predict(images)
+        if vqa:
+            samples = model.predict(images, [DataSample(question=q) for q in BLIP2_QUESTIONS])
+            ids = captured["ids"]
+            alone = [model.predict(images[i:i + 1], [DataSample(question=q)])[0].pred_answer
+                     for i, q in enumerate(BLIP2_QUESTIONS)]
+            captured["ids"] = ids
+        else:
+            samples = model.predict(images)
     model.text_backbone.generate = gen
+    if vqa:
+        answers = [s.pred_answer for s in samples]
+        exp = base_expected("blip2-opt-vqa", "mmpretrain.models.multimodal.blip2.blip2_opt_vqa.Blip2VQA", cfg, {
+            **plain(captured["kwargs"]),
+            "note": "all hard-coded in Blip2VQA.predict: prompts 'Question: {} Answer:' tokenised padding "
+                    "longest on the LEFT, after the 8 query embeddings (mask 0 on the padding); generation "
+                    "from inputs_embeds, so input_ids start as [[bos=2]]; answers = batch_decode(skip_special_"
+                    "tokens=True).strip()"})
+        exp.update({"questions": BLIP2_QUESTIONS, "answers": answers, "answers_one_by_one": alone,
+                    "answer_ids": captured["ids"].tolist(), "opt_config": ocfg})
+        d = save(out_dir, "blip2-opt-vqa", model, exp, cfg)
+        save_opt(model, d, odir)
+        return
     captions = [s.pred_caption for s in samples]
     ptok = model.tokenizer("a photo of", return_tensors="pt")
     exp = base_expected("blip2-opt-caption",
@@ -705,6 +741,11 @@ def task_blip2_opt_caption(photos_dir, out_dir, tmp):
                            "opt/ (save_pretrained + tokenizer files)",
     })
     d = save(out_dir, "blip2-opt-caption", model, exp, cfg)
+    save_opt(model, d, odir)
+
+
+def save_opt(model, d, odir):
+    """The tiny OPT beside the .pth, which holds none (Hugging Face layout, for --language-model)."""
     od = os.path.join(d, "opt")
     if os.path.isdir(od):
         shutil.rmtree(od)
@@ -715,7 +756,8 @@ def task_blip2_opt_caption(photos_dir, out_dir, tmp):
 
 
 TASKS = {"caption": task_caption, "retrieval": task_retrieval, "vqa": task_vqa,
-         "blip2-retrieval": task_blip2_retrieval, "blip2-opt-caption": task_blip2_opt_caption}
+         "blip2-retrieval": task_blip2_retrieval, "blip2-opt-caption": task_blip2_opt_caption,
+         "blip2-opt-vqa": task_blip2_opt_vqa}
 
 
 def main():
