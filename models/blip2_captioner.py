@@ -39,7 +39,7 @@ class Blip2Generator(Role):
         self.tokenizer.padding_side = "left" if self.decoder_only else "right"
         text = config.text_config
         self.pad_id = text.pad_token_id
-        self.bos_id = text.bos_token_id  # the toolbox's transformers starts its output with it (a placeholder)
+        self.bos_id = getattr(text, "bos_token_id", None)  # the toolbox's transformers starts its output with it (a placeholder)
         if self.decoder_only:  # OPT ends a caption at its newline token (50118 in OPT's vocabulary), as LAVIS does
             self.eos_id = self.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
         else:
