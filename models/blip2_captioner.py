@@ -45,6 +45,13 @@ class Blip2Generator(Role):
         else:
             self.eos_id = text.eos_token_id
 
+    def decode(self, ids) -> list[str]:
+        """Token ids -> texts as the upstreams' transformers (4.26, 4.33) decoded them: spaces before punctuation
+        and contractions cleaned up ("a cat." for "a cat ."), which transformers 5 no longer does for BPE."""
+        rows = [row.tolist() if hasattr(row, "tolist") else list(row) for row in ids]
+        return [self.tokenizer.clean_up_tokenization(text).strip()
+                for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
     @torch.inference_mode()
     def query_embeds(self, image_states: torch.Tensor) -> torch.Tensor:
         """(B, queries, language model width): the Q-Former's query outputs over the images, projected."""

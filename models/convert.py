@@ -51,6 +51,9 @@ class Conversion:
     # LayerNorms whose eps differs from their config's (transformers' BLIP-2 has one vision eps): capfilt's loader
     # sets them, {module path: eps}
     layer_norm_eps: dict[str, float] = field(default_factory=dict)
+    # config values the upstream sets that transformers' config classes rebuild otherwise (T5Config turns
+    # gated-gelu back into gelu_new): capfilt's loader sets them before the model is built, {dotted path: value}
+    config_overrides: dict = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)  # source key -> why it was left out
     fixes: list[str] = field(default_factory=list)
 
@@ -201,6 +204,9 @@ def _fill_tied(model, mapped: dict[str, torch.Tensor], fixes: list[str]) -> None
             mapped[target] = mapped[origin]
             fixes.append(f"{target} tied to {origin}, as the original is")
         elif not mapped[target].is_meta and not torch.equal(mapped[target], mapped[origin]):
+            if target.startswith("language_model."):  # a language model's own checkpoint decides (Flan-T5's
+                fixes.append(f"{target} kept apart from {origin}, as the checkpoint holds both")  # lm_head)
+                continue
             raise ModelLoadError(f"{target} differs from {origin}, which transformers ties it to: this checkpoint "
                                  "is not the model transformers runs")
 
@@ -322,7 +328,7 @@ def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
     mapped, dropped, origin = map_keys(state, layout, task)
     head_dim = _head_dim(head_dim)
     fixes = [f"vision LayerNorm eps {BLIP_VISION_EPS} (the original ViT's; transformers' BLIP default is 1e-5)"]
-    norms = {}
+    norms, overrides = {}, {}
     if layout.family == "blip":
         text_key = next(k for k in mapped if k.endswith("embeddings.word_embeddings.weight"))
         tok, added = blip_tokenizer(find_tokenizer(source, tokenizer), mapped[text_key].shape[0])
@@ -341,6 +347,12 @@ def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
         else:
             tok, added = lm_tokenizer(find_tokenizer(source, tokenizer, language_model, help=LM_TOKENIZER_HELP))
             text_config = _language_model(mapped, language_model, tok, head_dim, fixes)
+            for name, value in layout.language_model_config.get(text_config.model_type, {}).items():
+                if getattr(text_config, name, None) != value:
+                    fixes.append(f"language model {name} {value} (the {layout.name} model sets it; its config says "
+                                 f"{getattr(text_config, name, None)}), set by capfilt's loader")
+                    setattr(text_config, name, value)
+                    overrides[f"text_config.{name}"] = value
             if len(tok) > text_config.vocab_size:
                 raise ModelLoadError(f"the tokenizer has {len(tok)} tokens with {IMAGE_TOKEN}, more than the language "
                                      f"model's {text_config.vocab_size}: it is not this model's tokenizer")
@@ -354,8 +366,14 @@ def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
     _fill_tied(model, mapped, fixes)
     _check_exact(source, task, model.state_dict(), mapped)
     model.load_state_dict({k: v.float().contiguous() for k, v in mapped.items()}, assign=True, strict=True)
-    model.tie_weights()
-    return model, tok, Conversion(str(source), "", layout.name, task, len(state) - len(dropped), norms, dropped, fixes)
+    level = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()  # its warning on the pairs kept apart: said in `fixes`
+    try:  # nothing is missing: equal pairs are tied, pairs the checkpoint holds apart stay apart
+        model.tie_weights(missing_keys=set())
+    finally:
+        transformers.utils.logging.set_verbosity(level)
+    return model, tok, Conversion(str(source), "", layout.name, task, len(state) - len(dropped), norms, overrides,
+                                  dropped, fixes)
 
 
 def _check_exact(source: Path, task: str, expected: dict, mapped: dict) -> None:

@@ -8,7 +8,7 @@ the first rule that matches wins, and a key no rule matches is an error naming i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Inside a component whose module names already are transformers' (BLIP's med.py is BERT's code, as is the
 # toolbox's XBert): every key keeps its name.
@@ -83,9 +83,6 @@ CHOICES = {("blip", "pretrain"): (None, "caption", "retrieval"), ("blip2", "capt
 KNOWN_HEADS = {1408: 16}
 # Tasks a layout can hold whose model classes are issue 27's (NLVR2, RefCOCO grounding).
 NOT_YET = {
-    "t5": ("LAVIS's Blip2T5 checkpoints do not convert yet: LAVIS runs Flan-T5 with its activation forced to exact "
-           "gelu and its weights in bf16, and no upstream fixture verifies a conversion; the zoo's blip2 Flan-T5 "
-           "names load the hub's"),
     "nlvr": "NLVR2 checkpoints convert once capfilt has an NLVR2 model class (issue 27); transformers has none",
     "grounding": "RefCOCO grounding checkpoints convert once capfilt has a grounding model class (issue 27)",
 }
@@ -115,6 +112,8 @@ class Layout:
     tasks: tuple  # (task, the source prefixes that tell it): the first whose prefixes are all present wins
     # tasks whose upstream model reads the vision encoder's last layer but one: that layer is dropped
     penultimate_vision: tuple = ()
+    # what the upstream sets on a language model's config, by model type (BLIP-2)
+    language_model_config: dict = field(default_factory=dict)
 
 
 LAVIS = Layout(
@@ -186,6 +185,8 @@ LAVIS_BLIP2 = Layout(
         "query_tokens": Component("query_tokens", WHOLE),
         "opt_proj.": Component("language_projection"),
         "opt_model.": Component("language_model"),
+        "t5_proj.": Component("language_projection"),
+        "t5_model.": Component("language_model"),
         "vision_proj.": Component("vision_projection"),
         "text_proj.": Component("text_projection"),
         "itm_head.": Component("itm_head"),
@@ -195,7 +196,9 @@ LAVIS_BLIP2 = Layout(
         (r"temp", TRAINING_ONLY),
         (r".*\.position_ids", REBUILT),
     ),
-    tasks=(("caption", ("opt_proj.",)), ("t5", ("t5_proj.",)), ("retrieval", ("itm_head.",))),
+    tasks=(("caption", ("opt_proj.",)), ("caption", ("t5_proj.",)), ("retrieval", ("itm_head.",))),
+    # Blip2T5 sets Flan-T5's activation to exact gelu (its config says gelu_new, tanh's approximation)
+    language_model_config={"t5": {"dense_act_fn": "gelu"}},
 )
 
 TOOLBOX_BLIP2 = Layout(

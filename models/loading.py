@@ -132,7 +132,7 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
     model_class = getattr(transformers, known[0])
     try:
         transformers.utils.logging.disable_progress_bar()  # capfilt reports its own progress; no bar per actor
-        model = model_class.from_pretrained(directory, use_safetensors=True).eval()
+        model = model_class.from_pretrained(directory, use_safetensors=True, **converted_config(directory)).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; the user needs one sentence
         raise ModelLoadError(f"cannot load {str(directory)!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -176,6 +176,24 @@ def original_vision_eps(model) -> None:
     for module in model.vision_model.modules():
         if isinstance(module, torch.nn.LayerNorm):
             module.eps = BLIP_VISION_EPS
+
+
+def converted_config(directory: Path) -> dict:
+    """{"config": ...} with the values a converted checkpoint records apart from its config.json (LAVIS's Flan-T5
+    activation, which T5Config rebuilds from its feed_forward_proj), or {} for any other directory."""
+    from models.convert import CONVERSION_RECORD
+
+    overrides = _read_json(directory / CONVERSION_RECORD).get("config_overrides") or {}
+    if not overrides:
+        return {}
+    config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    for path, value in overrides.items():
+        *parents, name = path.split(".")
+        target = config
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
+    return {"config": config}
 
 
 def converted_norms(model, directory: Path) -> None:

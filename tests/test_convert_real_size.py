@@ -16,6 +16,7 @@ from models.convert import build
 
 REAL = Path(__file__).parent / "fixtures" / "upstream" / "real-size"
 OPT_TOKENIZER = Path(__file__).parent / "fixtures" / "upstream" / "lavis-blip2-opt-caption"  # a stand-in for OPT's
+UPSTREAM_T5 = Path(__file__).parent / "fixtures" / "upstream" / "lavis-blip2-t5-caption"
 # what the upstream configs say, which the weights' shapes must give back
 EXPECTED = {
     "lavis-caption": dict(task="caption", vision=(768, 12, 12, 384), text_vocab=30524),
@@ -24,6 +25,8 @@ EXPECTED = {
     "lavis-blip2-retrieval": dict(task="retrieval", vision=(1408, 39, 16, 224), qformer=(768, 12, 12), queries=32),
     "lavis-blip2-opt-caption": dict(task="caption", vision=(1408, 39, 16, 364), qformer=(768, 12, 12), queries=32,
                                     opt=(2560, 32, 32, 50272)),
+    "lavis-blip2-t5-caption": dict(task="caption", vision=(1408, 39, 16, 364), qformer=(768, 12, 12), queries=32,
+                                   t5=(2048, 24, 32, 32128)),
     "toolbox-caption": dict(task="caption", vision=(768, 12, 12, 384), text_vocab=30524),
     "toolbox-retrieval": dict(task="retrieval", vision=(768, 12, 12, 384), text_vocab=30524),
     "toolbox-vqa": dict(task="vqa", vision=(768, 12, 12, 480), text_vocab=30524),
@@ -55,8 +58,24 @@ def meta_state(name: str) -> dict[str, torch.Tensor]:
             for k, (shape, dtype) in record["keys"].items()}
 
 
+@pytest.fixture(scope="module")
+def flan_t5_xl(tmp_path_factory) -> Path:
+    """google/flan-t5-xl's directory as a user has it, less its weights (LAVIS's .pth holds them): its published
+    config, and a stand-in tokenizer."""
+    from transformers import T5Config
+
+    directory = tmp_path_factory.mktemp("flan-t5-xl")
+    T5Config(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
+             num_heads=32, feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+             pad_token_id=0, eos_token_id=1).save_pretrained(directory)
+    for path in (UPSTREAM_T5 / "t5").iterdir():
+        if path.name != "config.json":
+            (directory / path.name).write_bytes(path.read_bytes())
+    return directory
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_the_real_sized_upstream_models_convert_completely(name, bert_vocab):
+def test_the_real_sized_upstream_models_convert_completely(name, bert_vocab, flan_t5_xl):
     record = json.loads((REAL / f"{name}.json").read_text())
     state = meta_state(name)
     if name == "toolbox-blip2-opt-caption":
@@ -65,8 +84,9 @@ def test_the_real_sized_upstream_models_convert_completely(name, bert_vocab):
         state.update({"text_backbone." + k[len("opt_model."):]: v for k, v in meta_state("lavis-blip2-opt-caption")
                       .items() if k.startswith("opt_model.")})
     expected = EXPECTED[name]
-    tokenizer = OPT_TOKENIZER if "opt" in expected else bert_vocab
-    model, _, conversion = build(state, Path(f"/downloads/{name}.pth"), tokenizer=tokenizer)
+    tokenizer = OPT_TOKENIZER if "opt" in expected else None if "t5" in expected else bert_vocab
+    model, _, conversion = build(state, Path(f"/downloads/{name}.pth"), tokenizer=tokenizer,
+                                 language_model=flan_t5_xl if "t5" in expected else None)
     assert conversion.task == expected["task"] and conversion.layout == record["source"]
     # every key used or dropped with a reason (build refuses anything else), every parameter filled (strict load)
     assert conversion.used + len(conversion.dropped) == len(state)
@@ -83,6 +103,10 @@ def test_the_real_sized_upstream_models_convert_completely(name, bert_vocab):
         q = config.qformer_config
         assert (q.hidden_size, q.num_hidden_layers, q.num_attention_heads) == expected["qformer"]
         assert q.cross_attention_frequency == 2 and config.num_query_tokens == expected["queries"]
+    if "t5" in expected:
+        t = config.text_config
+        assert (t.d_model, t.num_layers, t.num_heads, t.vocab_size) == expected["t5"]
+        assert t.dense_act_fn == "gelu" and conversion.config_overrides == {"text_config.dense_act_fn": "gelu"}
     if "opt" in expected:
         t = config.text_config
         assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.vocab_size) == expected["opt"]

@@ -42,7 +42,8 @@ def converted(tmp_path_factory):
             out = tmp_path_factory.mktemp(name) / "hf"
             # a BLIP-2 captioner's tokenizer is its OPT's: beside the .pth (LAVIS), or in the OPT directory the
             # toolbox needs anyway (it never saves the language model)
-            language_model = folder / "opt" if (folder / "opt").is_dir() else None
+            # (LAVIS's Flan-T5: its config and tokenizer in t5/, a directory as a user has it; the weights in the .pth)
+            language_model = next((folder / lm for lm in ("opt", "t5") if (folder / lm).is_dir()), None)
             tokenizer = folder if "opt-caption" in name else FIXTURES
             record = convert(folder / "model.pth", out, tokenizer=None if language_model else tokenizer,
                              head_dim=HEAD_DIM, language_model=language_model,
@@ -299,3 +300,38 @@ def test_blip2_answers_are_the_upstream_answers(converted, name):
     # its VQA config, too, reads the ViT's last layer but one (converted with both layers, 2 of 4 answers differed)
     assert any("out_indices=-2" in reason for reason in record.dropped.values())
     assert answerer.model.config.vision_config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("name", case_of("t5-caption", "blip2"))
+def test_blip2_flan_t5_captions_are_the_upstream_captions(converted, name):
+    """LAVIS's Blip2T5: the converted Flan-T5 runs the exact gelu LAVIS sets (its config's own is gelu_new, which
+    T5Config would restore on loading), and captions decode with the clean-up LAVIS's transformers did."""
+    expected, directory, record = converted(name)
+    captioner = load_role(str(directory), "caption", device="cpu", precision="fp32")
+    settings = expected["settings"]
+    images = photos(expected, captioner)
+    # LAVIS's min_length counts the decoder's start token
+    got = captioner.caption(images, prompt=settings["prompt"], num_beams=settings["num_beams"],
+                            max_new_tokens=settings["max_new_tokens"], min_new_tokens=settings["min_length"] - 1)
+    assert got == expected["captions"]
+    feed_forward = captioner.model.language_model.encoder.block[0].layer[1].DenseReluDense
+    assert isinstance(feed_forward.act, torch.nn.Module) and captioner.model.config.text_config.dense_act_fn == "gelu"
+    assert any("dense_act_fn gelu" in fix for fix in record.fixes)
+    # without the clean-up, one caption keeps a space before its full stop
+    raw = [captioner.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in expected["caption_ids"]]
+    assert raw != expected["captions"]
+    # at the config's own gelu_new the language model's outputs move: the override matters
+    from transformers.activations import ACT2FN
+
+    ids, mask = captioner.input_ids([settings["prompt"]])
+    embeds = captioner.model.language_model.get_input_embeddings()(ids)
+    start = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        exact = captioner.model.language_model(inputs_embeds=embeds, attention_mask=mask,
+                                               decoder_input_ids=start).logits
+        for block in captioner.model.language_model.modules():
+            if hasattr(block, "wi_0"):
+                block.act = ACT2FN["gelu_new"]
+        tanh = captioner.model.language_model(inputs_embeds=embeds, attention_mask=mask,
+                                              decoder_input_ids=start).logits
+    assert (exact - tanh).abs().max() > SCORE_TOLERANCE

@@ -699,12 +699,109 @@ def task_blip2_opt_caption(images):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ BLIP-2 Flan-T5: tiny T5 + byte-level BPE tokenizer
+T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+          relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+          layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+          decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)  # Flan-T5's config.json with tiny sizes
+
+
+def build_t5_tokenizer(dirname):
+    """T5's layout over build_bpe's merges: <pad>=0 (also the decoder's start), </s>=1 appended to every text,
+    <unk>=2; a tokenizer.json that LAVIS's T5TokenizerFast and transformers 5's AutoTokenizer read alike."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    tmp = tempfile.mkdtemp(prefix="lavis-t5-bpe-")
+    try:
+        build_bpe(tmp)
+        with open(os.path.join(tmp, "vocab.json")) as f:
+            opt_vocab = json.load(f)
+        with open(os.path.join(tmp, "merges.txt")) as f:
+            merges = [tuple(line.split()) for line in f.read().splitlines()[1:] if line]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for token in opt_vocab:
+        if token not in ("<s>", "<pad>", "</s>", "<unk>"):
+            vocab[token] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(os.path.join(dirname, "tokenizer.json"))
+    with open(os.path.join(dirname, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>", "pad_token": "<pad>",
+                   "unk_token": "<unk>", "extra_ids": 0, "model_max_length": 512}, f, indent=1)
+    with open(os.path.join(dirname, "special_tokens_map.json"), "w") as f:
+        json.dump({"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}, f, indent=1)
+    return len(vocab)
+
+
+def task_blip2_t5_caption(images):
+    from lavis.models.blip2_models import blip2_t5 as lavis_blip2_t5
+    from lavis.models.blip2_models.modeling_t5 import T5Config, T5ForConditionalGeneration
+
+    tmp = tempfile.mkdtemp(prefix="lavis-tiny-t5-")
+    out_t5 = os.path.join(ARGS.out, "lavis-blip2-t5-caption", "t5")
+    try:
+        vocab_size = build_t5_tokenizer(tmp)
+        # Flan-T5's embedding has spare rows past its tokenizer (32128 for 32100), as OPT's: a multiple of 8 here
+        t5_cfg = dict(T5, vocab_size=-(-(vocab_size + 1) // 8) * 8)
+        torch.manual_seed(SEED)
+        T5ForConditionalGeneration(T5Config(**t5_cfg)).save_pretrained(tmp, safe_serialization=False)
+        torch.manual_seed(SEED)
+        prompt = "a photo of"
+        with blip2_offline():
+            model = lavis_blip2_t5.Blip2T5(vit_model="eva_clip_g", img_size=IMAGE_SIZE, drop_path_rate=0,
+                                           use_grad_checkpoint=False, vit_precision="fp32", freeze_vit=True,
+                                           num_query_token=NUM_QUERY, t5_model=tmp, prompt=prompt, max_txt_len=32)
+        # LAVIS casts Flan-T5 to bf16 (its own autocast is off on a CPU, where the fp32 queries then meet bf16
+        # weights): fp32 here, as on capfilt's side
+        model.t5_model.float()
+        reinit(model, SEED + 6)
+        model.eval()
+        assert model.t5_model.config.dense_act_fn == "gelu"  # LAVIS's override of Flan-T5's gelu_new
+        settings = dict(use_nucleus_sampling=False, num_beams=5, max_length=30, min_length=1, top_p=0.9,
+                        repetition_penalty=1.0, length_penalty=1.0, num_captions=1, temperature=1)
+        rec = Recorder(model.t5_model, "generate")
+        with torch.no_grad():
+            captions = model.generate({"image": images}, **settings)
+            ids = rec.calls[-1]
+        expected = {
+            "config": dict(eva_vit=EVA, vit_layer_norm_eps=1e-6, ln_vision_eps=1e-5, qformer=QFORMER,
+                           num_query_token=NUM_QUERY, cross_attention_freq=CROSS_FREQ, t5=t5_cfg,
+                           t5_dense_act_fn_set_by_lavis="gelu", prompt=prompt, max_txt_len=32,
+                           vit_precision="fp32", t5_dtype="float32 (LAVIS: bfloat16)",
+                           tokenizer="byte-level BPE in T5's layout (tokenizer.json in t5/)"),
+            "prompt_ids": model.t5_tokenizer(prompt).input_ids,
+            "eos_token_id": model.t5_tokenizer.eos_token_id,
+            "captions": captions,
+            "caption_ids": ids.tolist(),
+            "settings": dict(settings, prompt=prompt, max_new_tokens=settings["max_length"],
+                             note="Blip2T5.generate: encoder input = 32 query embeddings then the tokenised prompt "
+                                  "('a photo of </s>'); T5's generate from inputs_embeds, max_new_tokens=max_length, "
+                                  "min_length counts the decoder's tokens (its start <pad> included); beam scores "
+                                  "divided by the decoder sequence's length; captions = batch_decode(outputs, "
+                                  "skip_special_tokens=True)", batch=len(PHOTOS)),
+        }
+        write("blip2-t5-caption", model, expected)
+        # the language model's directory a user would name (--language-model): its config and tokenizer (the
+        # weights are in the .pth here; LAVIS's released files hold none)
+        os.makedirs(out_t5, exist_ok=True)
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copyfile(os.path.join(tmp, name), os.path.join(out_t5, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 TASKS = {
     "caption": task_caption,
     "retrieval": task_retrieval,
     "vqa": task_vqa,
     "blip2-retrieval": task_blip2_retrieval,
     "blip2-opt-caption": task_blip2_opt_caption,
+    "blip2-t5-caption": task_blip2_t5_caption,
 }
 
 

@@ -7,7 +7,7 @@ converts them (tests/test_convert_real_size.py). Run in the test-only LAVIS envi
 The models are built on the meta device (shapes, no memory, no weights). What needs the network is replaced: the
 released checkpoints are not loaded (`load_checkpoint_from_config`, EVA ViT-g's `eva_vit_g.pth`), bert-base-uncased's
 config is transformers' BertConfig defaults (which are bert-base-uncased's) and its tokenizer a stand-in of its
-30522 entries, OPT-2.7b is built from its published config. None of these changes a key or a shape.
+30522 entries, OPT-2.7b and Flan-T5-XL are built from their published configs. None of these changes a key or a shape.
 """
 import contextlib
 import json
@@ -21,13 +21,15 @@ import lavis_fixtures as lf  # noqa: E402  (LAVIS's import shims)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from transformers import BertConfig, BertTokenizer, GPT2Tokenizer, OPTConfig  # noqa: E402
+from transformers import BertConfig, BertTokenizer, GPT2Tokenizer, OPTConfig, PreTrainedTokenizerFast  # noqa: E402
 
 from lavis.models import eva_vit  # noqa: E402
 from lavis.models.base_model import BaseModel  # noqa: E402
 from lavis.models.blip2_models import blip2_opt  # noqa: E402
 from lavis.models.blip2_models.blip2_opt import Blip2OPT  # noqa: E402
+from lavis.models.blip2_models import blip2_t5  # noqa: E402
 from lavis.models.blip2_models.blip2_qformer import Blip2Qformer  # noqa: E402
+from lavis.models.blip2_models.blip2_t5 import Blip2T5  # noqa: E402
 from lavis.models.blip_models.blip_caption import BlipCaption  # noqa: E402
 from lavis.models.blip_models.blip_retrieval import BlipRetrieval  # noqa: E402
 from lavis.models.blip_models.blip_vqa import BlipVQA  # noqa: E402
@@ -41,6 +43,13 @@ CONFIGS = os.path.join(os.path.dirname(lf._ROOT), "lavis", "configs", "models")
 OPT_2_7B = dict(vocab_size=50272, hidden_size=2560, num_hidden_layers=32, ffn_dim=10240, num_attention_heads=32,
                 max_position_embeddings=2048, word_embed_proj_dim=2560, do_layer_norm_before=True, pad_token_id=1,
                 bos_token_id=2, eos_token_id=2)
+
+
+# google/flan-t5-xl's config.json
+FLAN_T5_XL = dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
+                  num_heads=32, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                  feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+                  pad_token_id=0, eos_token_id=1, layer_norm_epsilon=1e-6)
 
 
 def bert_vocab(path):
@@ -112,6 +121,7 @@ def main():
             return BertTokenizer(vocab_file=vocab, do_lower_case=True)
 
     opt_tok = lf.FIX + "/lavis-blip2-opt-caption"  # a byte-level BPE stand-in: OPT's keys do not depend on it
+    t5_tok = lf.FIX + "/lavis-blip2-t5-caption/t5"  # likewise for Flan-T5's
     with mock.patch.object(BaseModel, "load_checkpoint_from_config", lambda self, cfg, **k: None), \
             mock.patch.object(lf.lavis_blip, "BertTokenizer", Tokenizer), \
             mock.patch.object(lf.lavis_blip2, "BertTokenizer", Tokenizer), \
@@ -122,13 +132,21 @@ def main():
             mock.patch.object(blip2_opt.AutoTokenizer, "from_pretrained",
                               lambda name, *a, **k: GPT2Tokenizer.from_pretrained(opt_tok)), \
             mock.patch.object(blip2_opt.OPTForCausalLM, "from_pretrained",
-                              classmethod(lambda cls, name, *a, **k: cls(OPTConfig(**OPT_2_7B)))):
+                              classmethod(lambda cls, name, *a, **k: cls(OPTConfig(**OPT_2_7B)))), \
+            mock.patch.object(blip2_t5.T5TokenizerFast, "from_pretrained",
+                              lambda name, *a, **k: PreTrainedTokenizerFast.from_pretrained(t5_tok)), \
+            mock.patch.object(blip2_t5.T5Config, "from_pretrained",
+                              lambda name, *a, **k: blip2_t5.T5Config(**FLAN_T5_XL)), \
+            mock.patch.object(blip2_t5.T5ForConditionalGeneration, "from_pretrained",
+                              classmethod(lambda cls, name, config=None, **k: cls(config))):
         dump("caption", build(BlipCaption, "blip_caption_base_coco.yaml"), "blip_caption_base_coco.yaml")
         dump("retrieval", build(BlipRetrieval, "blip_retrieval_coco.yaml"), "blip_retrieval_coco.yaml")
         dump("vqa", build(BlipVQA, "blip_vqav2.yaml"), "blip_vqav2.yaml")
         dump("blip2-retrieval", build(Blip2Qformer, "blip2/blip2_pretrain.yaml"), "blip2/blip2_pretrain.yaml")
         dump("blip2-opt-caption", build(Blip2OPT, "blip2/blip2_caption_opt2.7b.yaml"),
              "blip2/blip2_caption_opt2.7b.yaml")
+        dump("blip2-t5-caption", build(Blip2T5, "blip2/blip2_caption_flant5xl.yaml"),
+             "blip2/blip2_caption_flant5xl.yaml")
     os.remove(vocab)
 
 
