@@ -26,6 +26,7 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from models.device import cpu_bf16_kernels
 from models.images import decode_image, resize
 from models.sampling_config import Sampling
 from pipelines.batches import shard_batches
@@ -40,10 +41,11 @@ NEW_TOKENS = 20
 
 
 def matmul_kernels(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Ways to compute a @ b: torch.mm, and for bf16 on a CPU with oneDNN a matmul against b packed once, as the
-    models' bf16 linear layers run (models/patches.py; torch.mm reorders its operand at every call)."""
+    """Ways to compute a @ b: torch.mm, and for bf16 on a CPU whose oneDNN has bf16 kernels a matmul against b
+    packed once, as the models' bf16 linear layers run (models/patches.py; torch.mm reorders its operand at every
+    call). AVX2-only CPUs have no such kernels (oneDNN raises), and the models do not pack there either."""
     kernels = {"torch.mm": lambda: torch.mm(a, b)}
-    if a.dtype == torch.bfloat16 and a.device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if a.dtype == torch.bfloat16 and a.device.type == "cpu" and cpu_bf16_kernels():
         packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous())  # (out, in), as nn.Linear holds it
         kernels["packed"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
     return kernels
