@@ -70,6 +70,11 @@ class Blip2Generator(Role):
         mask = torch.cat([torch.ones_like(images), encoded["attention_mask"]], dim=1).to(self.device)
         return ids, mask
 
+    def input_embeds(self, ids: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """The language model's input embeddings of `ids`, the query embeddings (one row per text) at <image>."""
+        embeds = self.model.language_model.get_input_embeddings()(ids)
+        return embeds.masked_scatter((ids == self.image_token).unsqueeze(-1), query.to(embeds.dtype))
+
     @torch.inference_mode()
     def generate(self, query: torch.Tensor, texts: Sequence[str], rows: torch.Tensor | None = None,
                  **kwargs) -> list[str]:
@@ -78,9 +83,7 @@ class Blip2Generator(Role):
         rows = torch.arange(len(texts), device=self.device) if rows is None else rows
         language_model = self.model.language_model
         with self.autocast():
-            embeds = language_model.get_input_embeddings()(ids)
-            image = (ids == self.image_token).unsqueeze(-1)
-            embeds = embeds.masked_scatter(image, query[rows].to(embeds.dtype))
+            embeds = self.input_embeds(ids, query[rows])
             inputs = {"inputs_embeds": embeds, "attention_mask": mask}
             if self.decoder_only:  # the output then starts with the input, as in Blip2ForConditionalGeneration
                 inputs["input_ids"] = ids
@@ -103,9 +106,7 @@ class Blip2Generator(Role):
         cache, cache_name = DynamicCache(config=language_model.config), cache_argument(language_model)
         attention = [mask.repeat_interleave(num_beams, dim=0)]
         with self.autocast():
-            embeds = language_model.get_input_embeddings()(ids)
-            embeds = embeds.masked_scatter((ids == self.image_token).unsqueeze(-1), query.to(embeds.dtype))
-            embeds = embeds.repeat_interleave(num_beams, dim=0)
+            embeds = self.input_embeds(ids, query).repeat_interleave(num_beams, dim=0)
 
             def step(tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
                 if rows is None:

@@ -17,6 +17,7 @@ import transformers
 from models import tiny, tiny_blip2, tiny_clip
 from models.names import (ARCHITECTURES, ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, pth_route,
                           resolve, zoo_entry)
+from models.convert import CONVERSION_RECORD
 from models.patches import patch_blip
 
 __all__ = ["ARCHITECTURES", "ZOO_FILE", "Checkpoint", "ModelLoadError", "ModelSpec", "list_models", "load_checkpoint",
@@ -132,13 +133,14 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
     model_class = getattr(transformers, known[0])
     try:
         transformers.utils.logging.disable_progress_bar()  # capfilt reports its own progress; no bar per actor
-        model = model_class.from_pretrained(directory, use_safetensors=True, **converted_config(directory)).eval()
+        record = _read_json(directory / CONVERSION_RECORD)  # a converted .pth's; {} for any other directory
+        model = model_class.from_pretrained(directory, use_safetensors=True, **converted_config(directory, record)).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise many types; the user needs one sentence
         raise ModelLoadError(f"cannot load {str(directory)!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if family == "blip" and (spec.kind == "hub" or str(config.get("transformers_version", "")).startswith("4.")):
         original_vision_eps(model)
-    converted_norms(model, directory)
+    converted_norms(model, directory, record)
     patch_blip(model)
     if family == "blip2" and found_task != "retrieval" and getattr(model.config, "image_token_index", None) is None:
         raise ModelLoadError(f"{str(directory)!r}: its config has no image_token_index (a BLIP-2 checkpoint saved "
@@ -178,12 +180,10 @@ def original_vision_eps(model) -> None:
             module.eps = BLIP_VISION_EPS
 
 
-def converted_config(directory: Path) -> dict:
-    """{"config": ...} with the values a converted checkpoint records apart from its config.json (LAVIS's Flan-T5
-    activation, which T5Config rebuilds from its feed_forward_proj), or {} for any other directory."""
-    from models.convert import CONVERSION_RECORD
-
-    overrides = _read_json(directory / CONVERSION_RECORD).get("config_overrides") or {}
+def converted_config(directory: Path, record: dict) -> dict:
+    """{"config": ...} with the values a conversion `record` keeps apart from config.json (LAVIS's Flan-T5
+    activation, which T5Config rebuilds from its feed_forward_proj), or {} when it keeps none."""
+    overrides = record.get("config_overrides") or {}
     if not overrides:
         return {}
     config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
@@ -196,12 +196,10 @@ def converted_config(directory: Path) -> dict:
     return {"config": config}
 
 
-def converted_norms(model, directory: Path) -> None:
+def converted_norms(model, directory: Path, record: dict) -> None:
     """The LayerNorm eps a converted checkpoint records apart from its config (transformers' BLIP-2 has one eps for
     the whole ViT, its upstreams another for ln_vision after it): set on the modules."""
-    from models.convert import CONVERSION_RECORD
-
-    for path, eps in _read_json(directory / CONVERSION_RECORD).get("layer_norm_eps", {}).items():
+    for path, eps in record.get("layer_norm_eps", {}).items():
         module = model.get_submodule(path)
         if not isinstance(module, torch.nn.LayerNorm):
             raise ModelLoadError(f"{str(directory)!r}: {path} in {CONVERSION_RECORD} is not a LayerNorm")

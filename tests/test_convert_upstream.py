@@ -55,6 +55,10 @@ def converted(tmp_path_factory):
     return get
 
 
+def assert_close(got, want) -> None:
+    np.testing.assert_allclose(np.asarray(got), np.array(want), atol=SCORE_TOLERANCE, rtol=0)
+
+
 def photos(expected: dict, role) -> np.ndarray:
     """The photographs upstream read, resized as capfilt resizes (BLIP's bicubic)."""
     files = [next(PHOTOS.glob(f"{name}.*")) for name in expected["photos"]]  # rocket is a .jpg, the rest .png
@@ -115,10 +119,9 @@ def test_itm_and_itc_are_the_upstream_scores(converted, name):
     images = photos(expected, matcher)
     scores = matcher.score(images, [texts] * len(images))
     shape = (len(images), len(texts))
-    np.testing.assert_allclose(scores.itm.reshape(shape), np.array(expected["itm"]), atol=SCORE_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(scores.itc.reshape(shape), np.array(expected["itc"]), atol=SCORE_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(scores.image_embeddings, np.array(expected["image_embeds"]), atol=SCORE_TOLERANCE,
-                               rtol=0)
+    assert_close(scores.itm.reshape(shape), expected["itm"])
+    assert_close(scores.itc.reshape(shape), expected["itc"])
+    assert_close(scores.image_embeddings, expected["image_embeds"])
     # at transformers' default ViT eps (1e-5) the scores leave the tolerance: the converter's 1e-6 is needed
     for module in matcher.model.vision_model.modules():
         if isinstance(module, torch.nn.LayerNorm):
@@ -165,18 +168,16 @@ def test_blip2_itm_and_itc_are_the_upstream_scores(converted, name):
     images = photos(expected, matcher)
     scores = matcher.score(images, [texts] * len(images))
     shape = (len(images), len(texts))
-    np.testing.assert_allclose(scores.itm.reshape(shape), np.array(expected["itm"]), atol=SCORE_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(scores.itc.reshape(shape), np.array(expected["itc"]), atol=SCORE_TOLERANCE, rtol=0)
+    assert_close(scores.itm.reshape(shape), expected["itm"])
+    assert_close(scores.itc.reshape(shape), expected["itc"])
     _, queries = matcher.image_features(images)
-    np.testing.assert_allclose(queries.numpy(), np.array(expected["image_embeds"]), atol=SCORE_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(matcher.text_embeddings(texts).numpy(), np.array(expected["text_embeds"]),
-                               atol=SCORE_TOLERANCE, rtol=0)
+    assert_close(queries.numpy(), expected["image_embeds"])
+    assert_close(matcher.text_embeddings(texts).numpy(), expected["text_embeds"])
     if "itm_toolbox_score" in expected:  # the toolbox ranks by the raw "match" logit averaged over the queries
         states, _ = matcher.image_features(images)
         index = torch.arange(len(images)).repeat_interleave(len(texts))
         logit = matcher.itm(states, texts * len(images), image_index=index, logit=True)
-        np.testing.assert_allclose(logit.numpy().reshape(shape), np.array(expected["itm_toolbox_score"]),
-                                   atol=SCORE_TOLERANCE, rtol=0)
+        assert_close(logit.numpy().reshape(shape), expected["itm_toolbox_score"])
     # EVA's split q/v biases were joined, the Q-Former's language-modelling head and temp dropped with reasons
     assert any("q_bias and v_bias" in fix for fix in record.fixes)
     assert any(".cls." in key for key in record.dropped) and "temp" in record.dropped
