@@ -18,6 +18,8 @@ class Method(str, Enum):
     TEXT_EMBEDDINGS = "text_embeddings"  # matcher: (texts,) -> ITC embeddings
     ITM_LOGITS = "itm_logits"  # matcher: (image indices, texts) -> ITM match logits
     CLEAR_IMAGES = "clear_images"  # matcher: () -> how many image states were dropped
+    NLVR = "nlvr"  # reasoner: (left images, right images, sentences) -> p(true) per pair
+    GROUND = "ground"  # grounder: (images, expressions) -> unit xyxy boxes
 
     def __str__(self) -> str:
         return self.value

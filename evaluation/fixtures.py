@@ -10,6 +10,7 @@ A marker file written last makes `ensure_fixtures` rebuild a half-written or out
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import sys
 import uuid
@@ -19,7 +20,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-VERSION = 1
+VERSION = 2  # 2: NLVR2 test1.json, a RefCOCO val ref
 MARKER = "FIXTURES.json"
 MAX_SIDE = 160  # the tiny models take 32 px; small files keep the build and the reads instant
 
@@ -82,9 +83,13 @@ NLVR2 = [  # (sentence, [(left photo, right photo, label)])
     ("One image shows a cat.", [("chelsea", "coffee", True), ("rocket", "coffee", False)]),
     ("Both images show vehicles.", [("rocket", "stereo_motorcycle", True), ("astronaut", "stereo_motorcycle", False)]),
 ]
+NLVR2_TEST = [  # test-P (test1.json)
+    ("One image shows a person.", [("astronaut", "coffee", True), ("chelsea", "rocket", False)]),
+]
 REFCOCO = {  # photo -> [(split, sentences, box x y w h in the original photo's pixels)]
     "coffee": [("testA", ["the red cup", "coffee cup"], (170, 15, 240, 285)),
-               ("testB", ["the spoon on the right"], (325, 65, 100, 265))],
+               ("testB", ["the spoon on the right"], (325, 65, 100, 265)),
+               ("val", ["the saucer under the cup"], (20, 160, 560, 230))],
     "stereo_motorcycle": [("testB", ["the red motorcycle"], (95, 75, 590, 375)),
                           ("testA", ["wooden bench on the left"], (40, 105, 250, 200))],
 }
@@ -191,17 +196,17 @@ def _ocrvqa(root: Path) -> None:
     _dump(root / "ocrvqa/dataset.json", data)
 
 
-def _nlvr2(root: Path) -> None:
+def _nlvr2(root: Path, split: str = "dev", file: str = "dev", examples=NLVR2) -> None:
     lines = []
-    for s, (sentence, pairs) in enumerate(NLVR2):
+    for s, (sentence, pairs) in enumerate(examples):
         for p, (left, right, label) in enumerate(pairs):
-            stem = f"dev-{850 + s}-{p}"
-            _save(left, root / "nlvr2/images/dev" / f"{stem}-img0.png")
-            _save(right, root / "nlvr2/images/dev" / f"{stem}-img1.png")
+            stem = f"{split}-{850 + s}-{p}"
+            _save(left, root / f"nlvr2/images/{split}" / f"{stem}-img0.png")
+            _save(right, root / f"nlvr2/images/{split}" / f"{stem}-img1.png")
             lines.append({"identifier": f"{stem}-0", "sentence": sentence, "label": str(label),
                           "left_url": f"https://example.org/{left}.jpg", "right_url": f"https://example.org/{right}.jpg",
                           "synset": "fixture", "query": sentence.split()[-1]})
-    path = root / "nlvr2/dev.json"
+    path = root / f"nlvr2/{file}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
 
@@ -223,6 +228,8 @@ def _refcoco(root: Path) -> None:
                          "sentences": [{"sent": s, "raw": s, "tokens": s.split(), "sent_id": i}
                                        for i, s in enumerate(sentences)]})
     _dump(root / "refcoco/refs(unc).json", refs)
+    # the release's own form too (the seed table reads it): a pickle of plain lists and dicts, as refs(unc).p is
+    (root / "refcoco/refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
     _dump(root / "refcoco/instances.json", {"images": images, "annotations": annotations,
                                             "categories": [{"id": 1, "name": "object"}]})
 
@@ -244,6 +251,7 @@ def build_fixtures(root) -> Path:
     _dump(work / "vqav2/answer_list.json", sorted(set(answers) | set(distractors)))
     _ocrvqa(work)
     _nlvr2(work)
+    _nlvr2(work, "test1", "test1", NLVR2_TEST)
     _refcoco(work)
     files = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
     if root.exists():

@@ -1,7 +1,7 @@
 """Running a suite: plan the tasks, read their data, start the model actors, run each task, record the history.
 
-Everything a model cannot run is decided before any model loads: a task whose model does not exist yet (NLVR2 and
-grounding) is skipped with the reason, and every runnable task's annotation files and images are
+Everything a model cannot run is decided before any model loads: a task whose model cannot be had here (a seed
+that exists only as a .pth not converted) is skipped with the reason, and every runnable task's annotation files and images are
 read and checked first, so a missing file fails the run in seconds, not after an hour of captioning. Torch-free
 until the model actors start.
 

@@ -1,5 +1,5 @@
 """The model roles of an evaluation: `RoleServer` wraps one role (BLIP's Captioner, Matcher or Answerer, BLIP-2's
-Blip2Captioner, QFormerMatcher or Blip2Answerer) with batched methods; `ModelHost` holds the servers of every role a
+Blip2Captioner, QFormerMatcher or Blip2Answerer; the NLVR2 reasoner, the grounder) with batched methods; `ModelHost` holds the servers of every role a
 suite needs.
 
 Plain Python: `evaluation/actors.py` wraps ModelHost with `ray.remote`, as the CapFilt job wraps its stage (one
@@ -85,6 +85,14 @@ class RoleServer:
         count = len(self.image_states)
         self.image_states.clear()
         return count
+
+    # NLVR2 reasoner
+    def nlvr(self, left: np.ndarray, right: np.ndarray, sentences: Sequence[str]) -> np.ndarray:
+        return self.role.true_probability(left, right, sentences)
+
+    # grounder
+    def ground(self, images: np.ndarray, expressions: Sequence[str]) -> np.ndarray:
+        return self.role.ground(images, expressions)
 
 
 class ModelHost:

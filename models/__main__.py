@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m models") -> int:
     run = sub.add_parser("run", help="run one model on one image and print the result as JSON",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("model", help="zoo name, hub repo id or local directory")
-    run.add_argument("image", help="path to an image file")
+    run.add_argument("image", nargs="+", help="path to an image file (two for an NLVR2 model: left and right)")
     run.add_argument("--question", help="question for a VQA model")
     run.add_argument("--candidates", nargs="+", help="rank these answers (VQA) instead of generating")
-    run.add_argument("--text", nargs="+", help="text(s) to score with a retrieval model")
+    run.add_argument("--text", nargs="+", help="text(s) to score with a retrieval model; an NLVR2 sentence; a "
+                                               "grounding model's referring expression")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     run.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="number format")
     conv = sub.add_parser("convert", help="convert a seed's .pth (toolbox, LAVIS, original BLIP) into Hugging Face layout",
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m models") -> int:
         except ModelLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(f"wrote {args.to}: load it like any local model (e.g. --captioner {args.to})")
+        print(f"wrote {args.to}: load it like any local model (e.g. `python -m models run {args.to} IMAGE ...`)")
         return 0
     if args.command == "list":
         for name in list_models(args.task):
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m models") -> int:
     from models.inference import inference_model
 
     text = args.text[0] if args.text and len(args.text) == 1 else args.text
+    image = args.image[0] if len(args.image) == 1 else args.image
     try:
-        result = inference_model(args.model, args.image, text=text, question=args.question,
+        result = inference_model(args.model, image, text=text, question=args.question,
                                  candidates=args.candidates, device=args.device, precision=args.precision)
     except (ModelLoadError, ImageError, DeviceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

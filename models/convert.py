@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from models import layouts, shapes
+from models import layouts, shapes, task_models
 from models.names import ModelLoadError
 from models.shapes import BLIP2_LN_VISION_EPS, BLIP_VISION_EPS, HEAD_DIM
 
@@ -285,8 +285,8 @@ def _head_dim(head_dim: int | None = None) -> int:
 
 def _task(source: Path, layout: layouts.Layout, state, task: str | None) -> str:
     found = layouts.task_of(layout, state)
-    if found in layouts.NOT_YET:
-        raise ModelLoadError(f"{str(source)!r} is a {found} checkpoint: {layouts.NOT_YET[found]}")
+    if (layout.name, found) in layouts.NOT_YET:
+        raise ModelLoadError(f"{str(source)!r} is a {found} checkpoint: {layouts.NOT_YET[layout.name, found]}")
     if found is None:
         raise ModelLoadError(f"{str(source)!r}: its components tell no task capfilt converts "
                              f"({_some({k.split('.')[0] for k in state}, 8)})")
@@ -333,6 +333,8 @@ def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
         text_key = next(k for k in mapped if k.endswith("embeddings.word_embeddings.weight"))
         tok, added = blip_tokenizer(find_tokenizer(source, tokenizer), mapped[text_key].shape[0])
         config = shapes.blip_config(mapped, tok, head_dim)
+        if task == "grounding":
+            _check_bins(state, tok, fixes)
     else:
         if task in layout.penultimate_vision:
             _drop_last_vision_layer(mapped, origin, dropped)
@@ -360,7 +362,7 @@ def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
     if added:
         why = "where transformers' BLIP-2 puts the queries" if IMAGE_TOKEN in added else "as the original does"
         fixes.append(f"{' and '.join(added)} added to the tokenizer after its {len(tok) - len(added)} tokens, {why}")
-    model_class = getattr(transformers, layouts.MODEL_TASKS[layout.family][task][0])
+    model_class = task_models.model_class(layouts.MODEL_TASKS[layout.family][task][0])
     with torch.device("meta"):
         model = model_class(config)
     _fill_tied(model, mapped, fixes)
@@ -374,6 +376,32 @@ def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
         transformers.utils.logging.set_verbosity(level)
     return model, tok, Conversion(str(source), "", layout.name, task, len(state) - len(dropped), norms, overrides,
                                   dropped, fixes)
+
+
+def _check_bins(state: dict[str, torch.Tensor], tokenizer, fixes: list[str]) -> None:
+    """The toolbox's grounding head saves its prefix and bin token ids; capfilt reads them off the tokenizer by
+    name, so the two must agree."""
+    prefix = tokenizer.convert_tokens_to_ids(task_models.BOX_PREFIX)
+    bins = tokenizer.convert_tokens_to_ids(task_models.bin_tokens())
+    if tokenizer.unk_token_id in (prefix, *bins):
+        raise ModelLoadError(f"the tokenizer has no {task_models.BOX_PREFIX} ... [unused980], the box tokens the "
+                             f"grounding head decodes into (bert-base-uncased has them); {TOKENIZER_HELP}")
+    saved_prefix, saved_bins = (None if saved is None or saved.is_meta else saved for saved in (
+        state.get("grounding_head.prefix_ids"), state.get("grounding_head.target_ids")))
+    if (saved_prefix is not None and saved_prefix.tolist() != [prefix]) or (
+            saved_bins is not None and saved_bins.tolist() != bins):
+        raise ModelLoadError(f"the grounding head's box tokens (prefix {_ids(saved_prefix)}, bins {_ids(saved_bins)}) "
+                             f"are not the tokenizer's {task_models.BOX_PREFIX} ({prefix}) and [unused340] ... "
+                             f"[unused980] ({bins[0]} ... {bins[-1]}): it is not this model's tokenizer")
+    fixes.append(f"box tokens read off the tokenizer: prefix {task_models.BOX_PREFIX} = {prefix}, "
+                 f"{len(bins)} bins {bins[0]} ... {bins[-1]} (as the checkpoint's buffers)")
+
+
+def _ids(saved) -> str:
+    if saved is None:
+        return "not saved"
+    values = saved.tolist()
+    return f"{values[0]} ... {values[-1]}" if len(values) > 1 else str(values[0])
 
 
 def _check_exact(source: Path, task: str, expected: dict, mapped: dict) -> None:

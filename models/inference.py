@@ -9,15 +9,19 @@ from models.base import Role
 from models.blip2_captioner import Blip2Answerer, Blip2Captioner
 from models.captioner import Captioner
 from models.clip_scorer import ClipScorer
+from models.grounder import Grounder
+from models.images import load_image
 from models.loading import ModelLoadError, load_checkpoint
 from models.matcher import Matcher
 from models.patches import Kernels
 from models.qformer_matcher import QFormerMatcher
+from models.reasoner import NlvrReasoner
 
 ROLES: dict[tuple[str, str], type[Role]] = {
     ("blip", "caption"): Captioner, ("blip", "retrieval"): Matcher, ("blip", "vqa"): Answerer,
     ("blip2", "caption"): Blip2Captioner, ("blip2", "retrieval"): QFormerMatcher, ("blip2", "vqa"): Blip2Answerer,
     ("clip", "similarity"): ClipScorer,
+    ("blip", "nlvr"): NlvrReasoner, ("blip", "grounding"): Grounder,
 }
 CAPTIONERS = tuple(c for (_, task), c in ROLES.items() if task == "caption")
 ANSWERERS = tuple(c for (_, task), c in ROLES.items() if task == "vqa")
@@ -47,8 +51,23 @@ def inference_model(model: str, image, text: str | list[str] | None = None, ques
     - vqa model with `question`: {'pred_answer': str}; ranked over `candidates` when given (BLIP)
     - retrieval model with `text` (one or a list): {'itm_score': p(match), 'itc_score': cosine}, lists for a list
     - CLIP model with `text`: {'clip_score': cosine}, a list for a list
+    - NLVR2 model, `image` a pair [left, right], with `text`: {'pred_label': True if the sentence is true, 'score'}
+    - grounding model with `text` (a referring expression): {'pred_bboxes': [[x0, y0, x1, y1]]} in the image's
+      pixels
     """
     role = _cached_role(model, device, precision)
+    if isinstance(role, NlvrReasoner):
+        if not isinstance(image, (list, tuple)) or len(image) != 2 or not isinstance(text, str) or not text:
+            raise ValueError(f"{model!r} is an NLVR2 model: pass a pair of images [left, right] and text='...'")
+        left, right = role.prepare([image[0]]), role.prepare([image[1]])
+        return role.predict(left, right, [text])[0]
+    if isinstance(role, Grounder):
+        if not isinstance(text, str) or not text or isinstance(image, (list, tuple)):
+            raise ValueError(f"{model!r} is a grounding model: pass one image and its referring expression as "
+                             "text='...'")
+        picture = load_image(image)
+        box = role.ground(role.prepare([picture]), [text])[0] * ([picture.width, picture.height] * 2)
+        return {"pred_bboxes": [box.tolist()]}
     pixels = role.prepare([image])
     if isinstance(role, CAPTIONERS):
         return {"pred_caption": role.caption(pixels)[0]}

@@ -67,6 +67,9 @@ BLIP_TASKS = {
     "caption": ("BlipForConditionalGeneration", ("vision_model", "text_decoder")),
     "retrieval": ("BlipForImageTextRetrieval", ("vision_model", "text_encoder", "vision_proj", "text_proj", "itm_head")),
     "vqa": ("BlipForQuestionAnswering", ("vision_model", "text_encoder", "text_decoder")),
+    # capfilt's own classes (models/task_models.py): transformers has none for these two tasks
+    "nlvr": ("BlipForNlvr", ("vision_model", "text_encoder", "cls_head")),
+    "grounding": ("BlipForGrounding", ("vision_model", "text_encoder", "multimodal_encoder", "text_decoder")),
 }
 BLIP2_TASKS = {
     "caption": ("Blip2ForConditionalGeneration",
@@ -81,11 +84,14 @@ MODEL_TASKS = {"blip": BLIP_TASKS, "blip2": BLIP2_TASKS}
 CHOICES = {("blip", "pretrain"): (None, "caption", "retrieval"), ("blip2", "caption"): ("caption", "vqa")}
 # Attention heads where the width over 64 is not the count: EVA ViT-g, 1408 wide in 16 heads of 88.
 KNOWN_HEADS = {1408: 16}
-# Tasks a layout can hold whose model classes are issue 27's (NLVR2, RefCOCO grounding).
+# (layout, task) a layout can hold that capfilt refuses, with why.
 NOT_YET = {
-    "nlvr": "NLVR2 checkpoints convert once capfilt has an NLVR2 model class (issue 27); transformers has none",
-    "grounding": "RefCOCO grounding checkpoints convert once capfilt has a grounding model class (issue 27)",
+    ("lavis", "nlvr"): ("LAVIS's and the original BLIP's NLVR2 model puts [ENC] first and no fixture of its code "
+                        "verifies a conversion; the seed's NLVR2 checkpoint is the toolbox's "
+                        "(blip-base_3rdparty_nlvr), which converts"),
 }
+GROUNDING_BUFFERS = ("the grounding head's bin mask and its prefix and bin token ids, which capfilt reads off the "
+                     "tokenizer's [unused339] ... [unused980] (checked equal at conversion)")
 
 QFORMER_LM_HEAD = "the Q-Former's language-modelling head (a pre-training objective; no role reads it)"
 TRAINING_ONLY = "used in training only (momentum distillation, ITC's temperature and feature queues)"
@@ -158,11 +164,16 @@ TOOLBOX = Layout(
         "vision_neck.": Component("vision_proj"),
         "text_neck.": Component("text_proj"),
         "multimodal_head.fc.": Component("itm_head"),
+        "head.": Component("cls_head"),  # NLVR2's MLP (the retrieval head's queues are dropped before)
+        "text_encoder.": Component("text_encoder"),  # grounding
+        "multimodal_encoder.": Component("multimodal_encoder"),
+        "grounding_head.decoder.": Component("text_decoder"),
     },
     dropped=(
         (r"(vision_backbone|text_backbone|vision_neck|text_neck)_m\..*", TRAINING_ONLY),
         (r"temp|head\.(temp|image_queue|text_queue|idx_queue|queue_ptr)", TRAINING_ONLY),
         (r".*\.position_ids", REBUILT),
+        (r"grounding_head\.(bbox_prob_mask|prefix_ids|target_ids)", GROUNDING_BUFFERS),
     ),
     tasks=(
         ("grounding", ("grounding_head.",)),

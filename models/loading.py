@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from models import tiny, tiny_blip2, tiny_clip
+from models import task_models, tiny, tiny_blip2, tiny_clip
 from models.names import (ARCHITECTURES, ZOO_FILE, ModelLoadError, ModelSpec, check_model, list_models, pth_route,
                           resolve, zoo_entry)
 from models.convert import CONVERSION_RECORD
@@ -130,7 +130,7 @@ def _load_directory(spec: ModelSpec, directory: Path, task: str | None, fingerpr
     found_task = wanted
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise ModelLoadError(f"{str(directory)!r} has no tokenizer ({', '.join(TOKENIZER_FILES)}) beside its weights")
-    model_class = getattr(transformers, known[0])
+    model_class = task_models.model_class(known[0])
     try:
         transformers.utils.logging.disable_progress_bar()  # capfilt reports its own progress; no bar per actor
         record = _read_json(directory / CONVERSION_RECORD)  # a converted .pth's; {} for any other directory

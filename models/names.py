@@ -21,6 +21,8 @@ ARCHITECTURES = {
     "BlipForConditionalGeneration": ("blip", ("caption",)),
     "BlipForImageTextRetrieval": ("blip", ("retrieval",)),
     "BlipForQuestionAnswering": ("blip", ("vqa",)),
+    "BlipForNlvr": ("blip", ("nlvr",)),  # capfilt's own classes (models/task_models.py)
+    "BlipForGrounding": ("blip", ("grounding",)),
     "Blip2ForConditionalGeneration": ("blip2", ("caption", "vqa")),  # one checkpoint captions and answers
     "Blip2ForImageTextRetrieval": ("blip2", ("retrieval",)),
     "CLIPModel": ("clip", ("similarity",)),

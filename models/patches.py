@@ -223,7 +223,7 @@ def patch_blip(model: torch.nn.Module) -> torch.nn.Module:
         if type(module) is BlipAttention and vision:
             module.__class__ = VisionAttention
         if isinstance(module, BlipTextLayer) and hasattr(module, "crossattention") and (mask or shared):
-            attention = module.crossattention.self
+            attention = getattr(module.crossattention, "self", None)  # NLVR2's twin attention has none
             if type(attention) is BlipTextSelfAttention:
                 attention.__class__ = CrossAttention
                 attention.route_mask, attention.share_images = mask, shared

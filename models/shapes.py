@@ -10,6 +10,7 @@ import torch
 
 from models import layouts
 from models.names import ModelLoadError
+from models.task_models import GROUNDING_BINS
 
 # BLIP's ViT is timm's, whose LayerNorm eps is 1e-6; transformers' BlipVisionConfig defaults to 1e-5. BLIP-2's EVA
 # ViT-g uses 1e-6 too, but LAVIS's and the toolbox's ln_vision after it is torch's default LayerNorm, 1e-5.
@@ -72,18 +73,28 @@ def blip_config(mapped: dict[str, torch.Tensor], tokenizer, head_dim: int):
     s = Shapes(mapped, head_dim)
     vision = s.vision(BLIP_VISION_EPS)
     text_prefix = next(p for p in ("text_decoder.bert.", "text_encoder.") if s.has(f"{p}embeddings.word_embeddings.weight"))
+    nlvr = s.has(f"{text_prefix}encoder.layer.0.crossattention.self0.key.weight")  # NLVR2's twin cross-attention
     vocab, text_width = s.shape(f"{text_prefix}embeddings.word_embeddings.weight")
     sep = tokenizer.convert_tokens_to_ids("[SEP]")
     text = dict(vocab_size=vocab, hidden_size=text_width, num_attention_heads=s.heads(text_width, "text"),
                 num_hidden_layers=s.count(re.escape(text_prefix) + r"encoder\.layer\.(\d+)\."),
                 intermediate_size=s.shape(f"{text_prefix}encoder.layer.0.intermediate.dense.weight")[0],
                 max_position_embeddings=s.shape(f"{text_prefix}embeddings.position_embeddings.weight")[0],
-                encoder_hidden_size=s.shape(f"{text_prefix}encoder.layer.0.crossattention.self.key.weight")[1],
+                encoder_hidden_size=s.shape(f"{text_prefix}encoder.layer.0.crossattention."
+                                            f"{'self0' if nlvr else 'self'}.key.weight")[1],
                 layer_norm_eps=BERT_EPS, bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
                 pad_token_id=tokenizer.pad_token_id, sep_token_id=sep, eos_token_id=sep)
     projection = s.shape("vision_proj.weight")[0] if s.has("vision_proj.weight") else 256
+    extra = {}
+    if nlvr:  # the layers that merge the two images' outputs rather than average them
+        merging = s.indices(re.escape(text_prefix) + r"encoder\.layer\.(\d+)\.crossattention\.output\.merge_layer\.")
+        extra["nlvr_merge_layer"] = merging[0] if merging else text["num_hidden_layers"]
+        if merging and merging != list(range(merging[0], text["num_hidden_layers"])):
+            raise ModelLoadError(f"the NLVR2 model's merging layers {merging} are not the last ones, as BLIP's are")
+    if s.has("multimodal_encoder.embeddings.word_embeddings.weight"):
+        extra["grounding_bins"] = GROUNDING_BINS
     return BlipConfig(text_config=text, vision_config=vision, projection_dim=projection,
-                      image_text_hidden_size=projection)
+                      image_text_hidden_size=projection, **extra)
 
 
 def qformer_config(s: Shapes, task: str) -> dict:

@@ -32,10 +32,14 @@ what where how many color colour which shown sitting standing
 WORD_PIECES = [f"##{c}" for c in string.ascii_lowercase + string.digits]
 CHARACTERS = list(string.ascii_lowercase + string.digits + string.punctuation)
 
+from models.task_models import BOX_PREFIX, GROUNDING_BINS, BlipForGrounding, BlipForNlvr, bin_tokens
+
 TASK_CLASSES = {
     "caption": BlipForConditionalGeneration,
     "retrieval": BlipForImageTextRetrieval,
     "vqa": BlipForQuestionAnswering,
+    "nlvr": BlipForNlvr,
+    "grounding": BlipForGrounding,
 }
 
 
@@ -72,7 +76,14 @@ SIZES = {
 }
 
 
-def tiny_config(vocab_size: int, image_size: int | None = None, size: str = "tiny") -> BlipConfig:
+def task_tokenizer(task: str) -> BertTokenizer:
+    """The tiny tokenizer; a grounding model's with BERT's box tokens after it ([unused339] ... [unused980], which
+    bert-base-uncased has among its unused ones)."""
+    extra = [BOX_PREFIX, *bin_tokens()] if task == "grounding" else []
+    return build_tokenizer(tiny_vocabulary() + extra)
+
+
+def tiny_config(vocab_size: int, image_size: int | None = None, size: str = "tiny", task: str = "") -> BlipConfig:
     shape = SIZES[size]
     text = dict(
         vocab_size=shape["vocab"] or vocab_size,
@@ -95,14 +106,16 @@ def tiny_config(vocab_size: int, image_size: int | None = None, size: str = "tin
         image_size=image_size or shape["image_size"],
         patch_size=shape["patch"],
     )
+    extra = {"nlvr": dict(nlvr_merge_layer=shape["layers"] // 2),  # both kinds of layer, as BLIP's 6 of 12
+             "grounding": dict(grounding_bins=GROUNDING_BINS)}.get(task, {})
     return BlipConfig(text_config=text, vision_config=vision, projection_dim=shape["proj"],
-                      image_text_hidden_size=shape["proj"])
+                      image_text_hidden_size=shape["proj"], **extra)
 
 
 def build_tiny(task: str, seed: int = 0, image_size: int | None = None, size: str = "tiny"):
-    """(model, tokenizer) for `task` in caption / retrieval / vqa; the same seed gives the same weights."""
-    tokenizer = build_tokenizer()
-    config = tiny_config(len(tokenizer), image_size, size)
+    """(model, tokenizer) for `task` in TASK_CLASSES; the same seed gives the same weights."""
+    tokenizer = task_tokenizer(task)
+    config = tiny_config(len(tokenizer), image_size, size, task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TASK_CLASSES[task](config)

@@ -100,9 +100,10 @@ def test_an_untied_decoder_is_refused(tmp_path, lavis_caption, tokenizer_dir):
         convert(save(tmp_path / "x.pth", state), tmp_path / "out", tokenizer=tokenizer_dir, head_dim=8)
 
 
-def test_tasks_the_converter_does_not_build_yet_say_so_in_one_line(tmp_path, lavis_caption, tokenizer_dir):
+def test_layouts_the_converter_does_not_build_say_so_in_one_line(tmp_path, lavis_caption, tokenizer_dir):
     nlvr = dict(lavis_caption, **{"cls_head.0.weight": torch.zeros(2, 2)})
-    with pytest.raises(ModelLoadError, match="NLVR2 checkpoints convert once capfilt has an NLVR2 model class"):
+    with pytest.raises(ModelLoadError, match="nlvr checkpoint: LAVIS's and the original BLIP's NLVR2 model puts "
+                                             r"\[ENC\] first .*\(blip-base_3rdparty_nlvr\)"):
         convert(save(tmp_path / "n.pth", nlvr), tmp_path / "out", tokenizer=tokenizer_dir)
     with pytest.raises(ModelLoadError, match="in no layout capfilt knows"):
         convert(save(tmp_path / "u.pth", {"backbone.w": torch.zeros(2)}), tmp_path / "out", tokenizer=tokenizer_dir)

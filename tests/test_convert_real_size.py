@@ -36,7 +36,8 @@ EXPECTED = {
     "toolbox-blip2-opt-caption": dict(task="caption", vision=(1408, 38, 16, 364), qformer=(768, 12, 12), queries=32,
                                       opt=(2560, 32, 32, 50272)),
 }
-NOT_YET = {"toolbox-nlvr": "NLVR2 checkpoints convert once", "toolbox-grounding": "grounding checkpoints convert once"}
+EXPECTED["toolbox-nlvr"] = dict(task="nlvr", vision=(768, 12, 12, 384), text_vocab=30524, merge_layer=6)
+EXPECTED["toolbox-grounding"] = dict(task="grounding", vision=(768, 12, 12, 384), text_vocab=30524, bins=640)
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,7 @@ def bert_vocab(tmp_path_factory) -> Path:
     """bert-base-uncased's 30522 entries (its special tokens at their ids, stand-ins for the rest)."""
     directory = tmp_path_factory.mktemp("bert")
     words = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words += [f"[unused{i}]" for i in range(99, 994)]
     words += [f"w{i}" for i in range(30522 - len(words))]
     (directory / "vocab.txt").write_text("\n".join(words) + "\n")
     return directory
@@ -110,13 +112,11 @@ def test_the_real_sized_upstream_models_convert_completely(name, bert_vocab, fla
     if "opt" in expected:
         t = config.text_config
         assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.vocab_size) == expected["opt"]
+    if "merge_layer" in expected:  # BLIP's layers 6-11 merge the two images' cross-attention outputs
+        assert config.nlvr_merge_layer == expected["merge_layer"]
+    if "bins" in expected:
+        assert config.grounding_bins == expected["bins"]
+        assert "prefix [unused339] = 344, 641 bins 345 ... 985" in " ".join(conversion.fixes)  # bert-base-uncased's
     if name.endswith("-retrieval") and "blip2" not in name:  # momentum encoders, queues, temp: training-only
         assert any("_m." in key for key in conversion.dropped) and any("queue" in k for k in conversion.dropped)
 
-
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_the_real_sized_nlvr_and_grounding_models_are_told_apart_and_refused_in_one_line(name, bert_vocab):
-    from models.names import ModelLoadError
-
-    with pytest.raises(ModelLoadError, match=NOT_YET[name]):
-        build(meta_state(name), Path(f"/downloads/{name}.pth"), tokenizer=bert_vocab)

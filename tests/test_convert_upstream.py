@@ -44,7 +44,8 @@ def converted(tmp_path_factory):
             # toolbox needs anyway (it never saves the language model)
             # (LAVIS's Flan-T5: its config and tokenizer in t5/, a directory as a user has it; the weights in the .pth)
             language_model = next((folder / lm for lm in ("opt", "t5") if (folder / lm).is_dir()), None)
-            tokenizer = folder if "opt-caption" in name else FIXTURES
+            # beside the .pth: the OPT captioners' tokenizers, and grounding's vocabulary with BERT's [unused] tokens
+            tokenizer = folder if "opt-caption" in name or name.endswith("-grounding") else FIXTURES
             record = convert(folder / "model.pth", out, tokenizer=None if language_model else tokenizer,
                              head_dim=HEAD_DIM, language_model=language_model,
                              task="vqa" if name.endswith("-vqa") and "blip2" in name else None)
@@ -336,3 +337,34 @@ def test_blip2_flan_t5_captions_are_the_upstream_captions(converted, name):
         tanh = captioner.model.language_model(inputs_embeds=embeds, attention_mask=mask,
                                               decoder_input_ids=start).logits
     assert (exact - tanh).abs().max() > SCORE_TOLERANCE
+
+
+@pytest.mark.parametrize("name", case_of("nlvr"))
+def test_nlvr_scores_are_the_upstream_scores(converted, name):
+    expected, directory, record = converted(name)
+    assert record.task == "nlvr"
+    reasoner = load_role(str(directory), device="cpu", precision="fp32")
+    images = photos(expected, reasoner)
+    left = images[[a for a, _ in expected["pairs"]]]
+    right = images[[b for _, b in expected["pairs"]]]
+    got = reasoner.true_probability(left, right, expected["sentences"])
+    assert_close(got, [score[1] for score in expected["scores"]])
+    labels = [int(p["pred_label"]) for p in reasoner.predict(left, right, expected["sentences"])]
+    assert labels == expected["labels"]
+    # both kinds of layer are in it: averaged (0-5) and merged (6, 7), as the toolbox hard-codes
+    assert reasoner.model.config.nlvr_merge_layer == 6
+
+
+@pytest.mark.parametrize("name", case_of("grounding"))
+def test_grounding_boxes_are_the_upstream_boxes(converted, name):
+    expected, directory, record = converted(name)
+    assert record.task == "grounding"
+    grounder = load_role(str(directory), device="cpu", precision="fp32")
+    assert (grounder.prefix_id, grounder.first_bin, grounder.first_bin + grounder.bins) == (
+        expected["prefix_id"], *expected["bin_ids"])
+    boxes = grounder.ground(photos(expected, grounder), expected["expressions"])
+    size = expected["image_size"]
+    np.testing.assert_allclose(boxes * size, expected["pred_bboxes_unit_scale"], atol=1e-4, rtol=0)
+    # in the photographs' own pixels, as the toolbox maps them back with its resize's scale factor
+    np.testing.assert_allclose(boxes * np.tile(expected["photo_sizes"], 2), expected["pred_bboxes"], atol=1e-3, rtol=0)
+

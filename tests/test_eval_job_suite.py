@@ -180,8 +180,9 @@ def test_missing_dataset_files_are_named_before_any_model_starts(fixtures, tmp_p
 
 
 def test_published_numbers_beside_seed_named_models_without_any_model(fixtures, tmp_path, capsys, monkeypatch):
-    """The seed suite's NLVR2 and RefCOCO tasks run on no model (none exists yet): they are skipped with the
-    reason, no model actor starts, and the seeds' numbers stand beside them in the report and its Markdown file."""
+    """The seed suite's NLVR2 and RefCOCO models exist only as the toolbox's .pth downloads: without them the tasks
+    are skipped with the reason, no model actor starts, and the seeds' numbers stand beside them in the report and
+    its Markdown file."""
     import evaluation.actors
 
     def no_models(*args, **kwargs):
@@ -193,7 +194,7 @@ def test_published_numbers_beside_seed_named_models_without_any_model(fixtures, 
                            "--tasks", "nlvr2,refcoco_testA,refcoco_testB")
     assert code == 0
     report = (out / "latest.md").read_text(encoding="utf-8")
-    assert "| blip-base_3rdparty_nlvr | NLVR2 | test-P |  | skipped: model unavailable: BLIP NLVR2 exists only" in report
+    assert "| blip-base_3rdparty_nlvr | NLVR2 test-P | test-P |  | skipped: model unavailable: BLIP NLVR2 exists only" in report
     assert "| accuracy 82.33 |" in report and "| accuracy 86.14 |" in report and "| accuracy 77.33 |" in report
     assert "accuracy 82.33" in stdout
 

@@ -755,9 +755,118 @@ def save_opt(model, d, odir):
         shutil.copy(os.path.join(odir, fn), os.path.join(od, fn))
 
 
+# ----------------------------------------------------------------------------------------------
+# NLVR2 (configs/blip/blip-base_8xb32_nlvr.py) and RefCOCO grounding (configs/blip/blip-base_8xb16_refcoco.py)
+PAIRS = [(0, 1), (2, 3), (1, 2), (3, 0)]  # photo indices: (left, right)
+SENTENCES = ["the left image shows a person", "there is a cat in one of the images",
+             "both images show a red car near a tree", "a woman"]
+EXPRESSIONS = ["the man on the left", "a red cat", "the small blue car near the tree", "tree"]
+GROUND_BOXES = [(4.0, 8.0, 40.0, 60.0), (10.0, 0.0, 64.0, 30.0), (0.0, 0.0, 64.0, 64.0), (20.0, 16.0, 36.0, 48.0)]
+
+
+def task_nlvr(photos_dir, out_dir, tmp):
+    cfg = dict(type="BlipNLVR",
+               vision_backbone=tiny_vit(),
+               tokenizer=dict(type="BlipTokenizer", name_or_path="bert-base-uncased"),
+               multimodal_backbone=dict(type="BertModel", config=med_config(nlvr=True, num_hidden_layers=8),
+                                        add_pooling_layer=False),
+               data_preprocessor=dict(PREPROC))
+    build = json.loads(json.dumps(cfg))
+    build["tokenizer"]["name_or_path"] = blip_tokenizer_cfg(tmp)
+    build["multimodal_backbone"]["config"] = transformers.BertConfig(**cfg["multimodal_backbone"]["config"])
+    torch.manual_seed(SEED)
+    model = MODELS.build(build)
+    reinit(model, SEED)
+    model.eval()
+    photos = load_images(photos_dir, model.data_preprocessor)
+    # BlipNLVR.forward's input: (B, 2, C, H, W), permuted and flattened to all left images then all right ones
+    pairs = torch.stack([torch.stack([photos[a], photos[b]]) for a, b in PAIRS])
+    samples = [DataSample(text=t, gt_label=i % 2) for i, t in enumerate(SENTENCES)]
+    with torch.no_grad():
+        out = model(pairs, [DataSample(text=t) for t in SENTENCES], mode="predict")
+        loss = model(pairs, samples, mode="loss")["loss"]
+    scores = [s.pred_score.tolist() for s in out]
+    exp = base_expected("nlvr", "mmpretrain.models.multimodal.blip.blip_nlvr.BlipNLVR", cfg, {
+        "predict": "BlipNLVR.forward(images (B, 2, C, H, W), samples, mode='predict'): softmax of the head's "
+                   "logits; pred_label = argmax (1: the sentence is true)",
+        "text": "tokenizer(texts, padding='longest', truncation=True, max_length=35); the first token stays "
+                "[CLS] (the original BLIP puts [ENC] there; the toolbox does not)",
+        "merge": "cross-attention outputs of the two images averaged in layers 0-5, merged by merge_layer from "
+                 "layer 6 (hard-coded in the toolbox's BertSelfOutput); 8 layers here so both kinds are present",
+        "loss": "cross entropy against gt_label = index % 2"})
+    exp.update({"tokenizer": tok_info(model.tokenizer), "pairs": PAIRS, "sentences": SENTENCES,
+                "scores": scores, "labels": [int(s.pred_label) for s in out], "gt_labels": [i % 2 for i in range(4)],
+                "loss": float(loss)})
+    save(out_dir, "nlvr", model, exp, cfg)
+
+
+def grounding_tokenizer_cfg(tmp):
+    """The fixtures' vocabulary with BERT's [unused339] ... [unused980] after it: the grounding head reads its
+    prefix and bin tokens by these names (bert-base-uncased has them among its unused tokens)."""
+    d = os.path.join(tmp, "bert-base-uncased-grounding")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        with open(VOCAB) as f:
+            words = f.read().split("\n")
+        words = [w for w in words if w] + [f"[unused{339 + i}]" for i in range(642)]
+        with open(os.path.join(d, "vocab.txt"), "w") as f:
+            f.write("\n".join(words) + "\n")
+    return d
+
+
+def task_grounding(photos_dir, out_dir, tmp):
+    vocab = 212 + 642 + 2
+    med = med_config(vocab_size=vocab)
+    cfg = dict(type="BlipGrounding",
+               visual_encoder=tiny_vit(),
+               text_encoder=dict(type="XBertEncoder", med_config=med),
+               multimodal_encoder=dict(type="XBertEncoder", med_config=med),
+               tokenizer=dict(type="BlipTokenizer", name_or_path="bert-base-uncased"),
+               head=dict(type="GroundingHead", decoder=dict(type="XBertLMHeadDecoder", med_config=med),
+                         box_l1_loss_coeff=4.0, box_giou_loss_coeff=2.0),
+               data_preprocessor=dict(PREPROC))
+    build = json.loads(json.dumps(cfg))
+    build["tokenizer"]["name_or_path"] = grounding_tokenizer_cfg(tmp)
+    torch.manual_seed(SEED)
+    model = MODELS.build(build)
+    reinit(model, SEED)
+    model.eval()
+    images = load_images(photos_dir, model.data_preprocessor)
+    sizes = []
+    for name in PHOTOS:
+        import PIL.Image
+        with PIL.Image.open(photo_path(photos_dir, name)) as im:
+            sizes.append(im.size)  # (width, height)
+    # the toolbox's Resize records scale_factor (w_scale, h_scale); predict maps the box back with it
+    scales = [(IMG / w, IMG / h) for w, h in sizes]
+    with torch.no_grad():
+        out = model.predict(images, [DataSample(text=t, scale_factor=sc) for t, sc in zip(EXPRESSIONS, scales)])
+        unit = model.predict(images, [DataSample(text=t) for t in EXPRESSIONS])
+        train = [DataSample(text=t, box=torch.tensor(b), img_shape=(IMG, IMG)) for t, b in zip(EXPRESSIONS, GROUND_BOXES)]
+        losses = model.loss(images, train)
+    head = model.grounding_head
+    exp = base_expected("grounding", "mmpretrain.models.multimodal.blip.blip_grounding.BlipGrounding", cfg, {
+        "predict": "BlipGrounding.predict: text encoder (mode text) -> multimodal encoder (encoder_embeds, against "
+                   "the image) -> GroundingHead.predict: 4 greedy steps from [unused339] over [image; text] states, "
+                   "logits + bbox_prob_mask (-10000 outside the bins), bins -> cxcywh / 640 -> xyxy, clipped to "
+                   "[0, 1], times the input size over scale_factor",
+        "prompt": "BlipGrounding sets self.prompt = 'localize instance: ' and never reads it: the text is the "
+                  "expression as given, padding longest, max_length 128, [CLS] first",
+        "loss": "GroundingHead.loss on boxes xyxy in img_shape pixels: per-token CE of the 4 bins weighted by "
+                "L1 * 4 (per coordinate, clamp 0-5) and (1 - GIoU) * 2 of the argmax box, mean"})
+    exp.update({"tokenizer": tok_info(model.tokenizer), "expressions": EXPRESSIONS, "photo_sizes": sizes,
+                "scale_factors": scales,
+                "pred_bboxes": [s.pred_bboxes.tolist()[0] for s in out],
+                "pred_bboxes_unit_scale": [s.pred_bboxes.tolist()[0] for s in unit],
+                "prefix_id": int(head.prefix_ids[0]), "bin_ids": [int(head.target_ids[0]), int(head.target_ids[-1])],
+                "train_boxes": GROUND_BOXES, "losses": {k: float(v) for k, v in losses.items()}})
+    d = save(out_dir, "grounding", model, exp, cfg)
+    shutil.copy(os.path.join(grounding_tokenizer_cfg(tmp), "vocab.txt"), os.path.join(d, "vocab.txt"))
+
+
 TASKS = {"caption": task_caption, "retrieval": task_retrieval, "vqa": task_vqa,
          "blip2-retrieval": task_blip2_retrieval, "blip2-opt-caption": task_blip2_opt_caption,
-         "blip2-opt-vqa": task_blip2_opt_vqa}
+         "blip2-opt-vqa": task_blip2_opt_vqa, "nlvr": task_nlvr, "grounding": task_grounding}
 
 
 def main():
