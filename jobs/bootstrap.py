@@ -27,7 +27,8 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 # The reduced loop checks the machinery, not quality: tiny models trained for seconds score near chance, so its
 # filter threshold sits under ITM's prior (1/3 of the pairs it is trained on match) to leave captions to export.
 QUICK = dict(world_size="small", seeds=(0,), model_size="tiny", vision_epochs=2, base_epochs=2, pretrain_epochs=2,
-             caption_epochs=2, filter_epochs=2, filter_batch_size=16, vqa_epochs=1, batch_size=16, eval_limit=20, threshold=0.2)
+             caption_epochs=2, filter_epochs=2, filter_batch_size=16, vqa_epochs=1, nlvr_epochs=1, grounding_epochs=1,
+             batch_size=16, eval_limit=20, threshold=0.2)
 
 
 INTERRUPTED = "interrupted: the stages done are kept; run the same command again to resume"

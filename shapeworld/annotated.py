@@ -139,31 +139,34 @@ def _partner(left: Scene, rng: np.random.Generator) -> Scene:
     return right
 
 
-def write_nlvr2(root: Path, rng: np.random.Generator, count: int) -> dict:
-    """NLVR2 dev.json (JSON lines) and dev-{set}-{pair}-img{0,1}.png under images/dev/."""
+def write_nlvr2(root: Path, rng: np.random.Generator, count: int, split: str = "dev") -> dict:
+    """NLVR2 {split}.json (JSON lines) and {split}-{set}-{pair}-img{0,1}.png under images/{split}/."""
     lines, true = [], 0
     for n in range(count):
         left = sample_scene(rng)
         right = _partner(left, rng)
         sentence, label = nlvr_statement(left, right, rng)
-        stem = f"dev-{n // 4}-{n % 4}"
-        save(left, root / "images/dev" / f"{stem}-img0.png")
-        save(right, root / "images/dev" / f"{stem}-img1.png")
+        stem = f"{split}-{n // 4}-{n % 4}"
+        save(left, root / f"images/{split}" / f"{stem}-img0.png")
+        save(right, root / f"images/{split}" / f"{stem}-img1.png")
         lines.append({"identifier": f"{stem}-0", "sentence": sentence, "label": str(label),
                       "left_url": f"https://shapeworld.example/nlvr2/{stem}-img0.png",
                       "right_url": f"https://shapeworld.example/nlvr2/{stem}-img1.png",
                       "synset": "shape", "query": "shapes"})
         true += label
-    (root / "dev.json").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    (root / f"{split}.json").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return {"pairs": count, "true": true}
 
 
-def write_refcoco(root: Path, images: Path, rng: np.random.Generator, count: int) -> dict:
-    """RefCOCO refs(unc).json + instances.json over mixed scenes; images alternate between testA and testB."""
+def write_refcoco(root: Path, images: Path, rng: np.random.Generator, count: int,
+                  splits: tuple[str, ...] = ("testA", "testB")) -> dict:
+    """RefCOCO refs(unc).json + instances.json over mixed scenes; images alternate between `splits` (testA and
+    testB: both drawn alike, so they differ by the draw only; the world has no people-like and object-like kinds of
+    referent to mirror RefCOCO's)."""
     refs, image_rows, annotations, sent_id = [], [], [], 0
     image_id = 200001
     while len(refs) < count:
-        scene, split = sample_mixed_scene(rng), ("testA", "testB")[len(image_rows) % 2]
+        scene, split = sample_mixed_scene(rng), splits[len(image_rows) % len(splits)]
         file_name = f"COCO_train2014_{image_id:012d}.jpg"
         save(scene, images / file_name)
         image_rows.append({"id": image_id, "file_name": file_name, "width": scene.size, "height": scene.size})

@@ -1,4 +1,5 @@
-"""Building the whole world on disk: web and held-out shards, the labelled set, the clean annotated set, the test sets.
+"""Building the whole world on disk: web and held-out shards, the labelled set, the clean annotated set, the test sets,
+NLVR2's and RefCOCO's training splits.
 
     python -m shapeworld DIR [--seed S] [--size small|default]
 
@@ -20,7 +21,7 @@ import numpy as np
 from shapeworld import annotated
 from shapeworld.web import write_web
 
-VERSION = 2  # raised whenever the same seed would give other scenes: an older build is then rebuilt
+VERSION = 3  # raised whenever the same seed would give other scenes (3: NLVR2's and RefCOCO's training splits)
 MARKER = "WORLD.json"
 
 
@@ -37,6 +38,8 @@ class WorldSize:
     vqa_questions: int  # over the test images, at most 6 per image
     nlvr_pairs: int
     refs: int  # referring expressions (RefCOCO refs), over mixed scenes
+    train_nlvr_pairs: int  # NLVR2's training split (train/nlvr2/train.json), which fine-tunes the NLVR2 model
+    train_refs: int  # RefCOCO's training split (train/refcoco), which fine-tunes the grounding model
 
 
 SIZES: dict[str, WorldSize] = {
@@ -45,13 +48,13 @@ SIZES: dict[str, WorldSize] = {
     # COCO role): the filter fine-tuned on them kept 2-4 points more clean captions than on 800 (RESULTS.md)
     "default": WorldSize(web_shards=32, web_per_shard=500, heldout_shards=8, heldout_per_shard=500, labelled_shards=32,
                          labelled_per_shard=500, clean_images=1600, test_images=150, vqa_questions=400, nlvr_pairs=200,
-                         refs=120),
+                         refs=120, train_nlvr_pairs=4000, train_refs=4000),
     "small": WorldSize(web_shards=2, web_per_shard=100, heldout_shards=1, heldout_per_shard=100, labelled_shards=2,
                        labelled_per_shard=100, clean_images=60, test_images=30, vqa_questions=60, nlvr_pairs=40,
-                       refs=20),
+                       refs=20, train_nlvr_pairs=40, train_refs=40),
 }
 STREAMS = {"web": 0, "heldout": 1, "clean": 2, "test_captions": 3, "test_vqa": 4, "test_nlvr2": 5, "test_refcoco": 6,
-           "labelled": 7}
+           "labelled": 7, "train_nlvr2": 8, "train_refcoco": 9}
 
 
 def resolve_size(size: str = "default", sizes: dict | None = None) -> WorldSize:
@@ -81,6 +84,11 @@ def _write_parts(work: Path, seed: int, n: WorldSize) -> dict:
                       "nlvr2": annotated.write_nlvr2(test / "nlvr2", stream(seed, "test_nlvr2"), n.nlvr_pairs),
                       "refcoco": annotated.write_refcoco(test / "refcoco", test / "coco/images/train2014",
                                                          stream(seed, "test_refcoco"), n.refs)}
+    train = work / "train"
+    counts["train"] = {"nlvr2": annotated.write_nlvr2(train / "nlvr2", stream(seed, "train_nlvr2"), n.train_nlvr_pairs,
+                                                      "train"),
+                       "refcoco": annotated.write_refcoco(train / "refcoco", train / "refcoco/images",
+                                                          stream(seed, "train_refcoco"), n.train_refs, ("train",))}
     return counts
 
 

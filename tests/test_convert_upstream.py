@@ -368,3 +368,28 @@ def test_grounding_boxes_are_the_upstream_boxes(converted, name):
     # in the photographs' own pixels, as the toolbox maps them back with its resize's scale factor
     np.testing.assert_allclose(boxes * np.tile(expected["photo_sizes"], 2), expected["pred_bboxes"], atol=1e-3, rtol=0)
 
+
+@pytest.mark.parametrize("name", case_of("nlvr") + case_of("grounding"))
+def test_training_losses_are_the_upstream_losses(converted, name):
+    """capfilt's NLVR2 and grounding objectives (training/objectives.py) on the converted model give the toolbox's
+    own loss on the same batch (both in eval mode: no dropout)."""
+    from training import objectives
+
+    expected, directory, _ = converted(name)
+    role = load_role(str(directory), device="cpu", precision="fp32")
+    images = photos(expected, role)
+    with torch.no_grad():
+        if name.endswith("nlvr"):
+            pairs = torch.stack([torch.stack([role.pixel_values(images[[a]])[0], role.pixel_values(images[[b]])[0]])
+                                 for a, b in expected["pairs"]])
+            batch = objectives.tokenize_sentences(role.tokenizer, expected["sentences"], expected["gt_labels"])
+            loss = objectives.nlvr_loss(role.model, pairs, batch)
+            want = expected["loss"]
+        else:
+            size = expected["image_size"]
+            boxes = np.array(expected["train_boxes"], dtype=np.float32) / size  # xyxy pixels of the 64 px input
+            batch = objectives.tokenize_expressions(role.tokenizer, expected["expressions"], boxes)
+            loss = objectives.grounding_loss(role.model, role.pixel_values(images), batch,
+                                             (role.prefix_id, role.first_bin, role.bins))
+            want = expected["losses"]["loss"]
+    assert float(loss) == pytest.approx(want, rel=1e-4)

@@ -1,8 +1,9 @@
 """BLIP's bootstrapping loop, end to end on the shape world, with the evidence that it works.
 
 1. pre-train on the noisy web shards: one long run (the base that bootstraps);
-2. fine-tune a captioner (LM), a filter (ITC + ITM) and a VQA model on the clean set, from the base; in the same
-   Ray Train run, pre-train one shorter model per seed on the web shards (the raw baselines of the comparison);
+2. fine-tune a captioner (LM), a filter (ITC + ITM) and a VQA model on the clean set, and an NLVR2 model and a
+   grounding model on the world's NLVR2 and RefCOCO training splits, from the base; in the same Ray Train run,
+   pre-train one shorter model per seed on the web shards (the raw baselines of the comparison);
 3. CapFilt the web shards with them (the job of jobs/capfilt.py), export the bootstrapped dataset (BLIP's choice:
    every caption, web or synthetic, with p(match) >= 0.5); CapFilt the held-out shards too, to measure the filter
    and the captioner against the world's ground truth;
@@ -64,6 +65,10 @@ class LoopSettings:
     filter_epochs: float = 7.5
     filter_batch_size: int = 128
     vqa_epochs: float = 5  # yes/no questions stay near chance for many epochs of 400 images
+    nlvr_epochs: float = 5  # over the world's 4,000 training pairs ("NLVR2 and grounding" in RESULTS.md)
+    nlvr_lr: float = 5e-4
+    grounding_epochs: float = 8  # over its 4,000 training refs
+    grounding_lr: float = 5e-4
     tie_text: bool = TrainJob.tie_text  # BLIP's encoder-decoder tie in every pre-training (training/model.py)
     batch_size: int = 64
     pretrain_lr: float = 1e-3
@@ -173,6 +178,11 @@ class Loop:
         vqa = {"format": "vqa", "questions": str(self.world / "clean/vqa/questions.json"),
                "annotations": str(self.world / "clean/vqa/annotations.json"), "images": str(self.world / "clean/images")}
         labelled = {"format": "webdataset", "shards": str(self.world / "labelled" / "*.tar")}
+        nlvr = {"format": "nlvr2", "annotations": str(self.world / "train/nlvr2/train.json"),
+                "images": str(self.world / "train/nlvr2/images")}
+        grounding = {"format": "refcoco", "refs": str(self.world / "train/refcoco/refs(unc).json"),
+                     "instances": str(self.world / "train/refcoco/instances.json"),
+                     "images": str(self.world / "train/refcoco/images"), "split": "train"}
         vision = str(self.path("vision"))
         compared = vision if s.compare_from_vision else None  # the raw and bootstrapped models' start
         pretrain = dict(task="pretrain", epochs=s.pretrain_epochs, lr=s.pretrain_lr, size=s.model_size,
@@ -191,7 +201,10 @@ class Loop:
                                        **finetune),
                      "filter": dict(task="filter", data=clean, epochs=s.filter_epochs, lr=s.filter_lr,
                                     batch_size=s.filter_batch_size, **finetune),
-                     "vqa": dict(task="vqa", data=vqa, epochs=s.vqa_epochs, lr=s.vqa_lr, **finetune), **raw})
+                     "vqa": dict(task="vqa", data=vqa, epochs=s.vqa_epochs, lr=s.vqa_lr, **finetune),
+                     "nlvr": dict(task="nlvr", data=nlvr, epochs=s.nlvr_epochs, lr=s.nlvr_lr, **finetune),
+                     "grounding": dict(task="grounding", data=grounding, epochs=s.grounding_epochs,
+                                       lr=s.grounding_lr, **finetune), **raw})
 
         web_run = self._capfilt("capfilt-web", web)
         heldout_run = self._capfilt("capfilt-heldout", heldout)
@@ -233,14 +246,17 @@ class Loop:
 
     def finetuned_models(self) -> dict[str, str]:
         return {"captioner": str(self.path("captioner", "caption")), "filter": str(self.path("filter", "retrieval")),
-                "answerer": str(self.path("vqa", "vqa"))}
+                "answerer": str(self.path("vqa", "vqa")), "nlvr": str(self.path("nlvr", "nlvr")),
+                "grounding": str(self.path("grounding", "grounding"))}
 
     def ship(self, destination: Path) -> list[Path]:
         """Copy the fine-tuned models to `destination` (models/checkpoints) under their zoo folder names."""
         shipped = []
         for folder, source in (("shapes_caption", self.path("captioner", "caption")),
                                ("shapes_retrieval", self.path("filter", "retrieval")),
-                               ("shapes_vqa", self.path("vqa", "vqa"))):
+                               ("shapes_vqa", self.path("vqa", "vqa")),
+                               ("shapes_nlvr", self.path("nlvr", "nlvr")),
+                               ("shapes_grounding", self.path("grounding", "grounding"))):
             target = destination / folder
             if target.exists():
                 shutil.rmtree(target)

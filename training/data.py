@@ -5,7 +5,9 @@ Four sources, read with the project's own readers (never an unpickling auto-deco
   kept caption under "capfilt"), through pipelines.reader and pipelines.decode;
 - labelled webdataset shards (KEY.jpg + KEY.json {"labels": {name: class index}}), the same way;
 - a COCO-Karpathy caption file (the clean annotated set), through evaluation.datasets;
-- a VQAv2 question + annotation pair, through evaluation.datasets.
+- a VQAv2 question + annotation pair, through evaluation.datasets;
+- NLVR2 JSON lines (pairs of images and a sentence) and RefCOCO refs + instances (an image, its expressions and the
+  box), through evaluation.datasets.
 """
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from evaluation.datasets.captions import read_coco_karpathy
+from evaluation.datasets.nlvr import read_nlvr2
+from evaluation.datasets.refcoco import read_refcoco
 from evaluation.datasets.vqa import read_vqa
 from models.images import load_image, resize
 from models.loading import CLIP_MEAN, CLIP_STD
@@ -65,6 +70,30 @@ class LabelSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+@dataclass
+class ImagePairSet:
+    """NLVR2: a pair of images, a sentence about them and whether it is true."""
+
+    images: np.ndarray  # (N, 2, S, S, 3) uint8: left, right
+    sentences: list[str]
+    labels: np.ndarray  # (N,) int64, 1: true
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+
+@dataclass
+class BoxSet:
+    """Grounding: an image, the referring expressions of one object in it (a step draws one) and its box."""
+
+    images: np.ndarray
+    expressions: list[list[str]]
+    boxes: np.ndarray  # (N, 4) float32, x0 y0 x1 y1 as fractions of the image's width and height
+
+    def __len__(self) -> int:
+        return len(self.expressions)
 
 
 _last_loaded: dict = {}  # the last local shards this process decoded: {"key": ..., "data": PairSet or LabelSet}
@@ -198,6 +227,36 @@ def load_questions(questions, annotations, images_dir, image_size: int) -> Quest
             cache[record.image] = resize(load_image(Path(record.image)), image_size)
     return QuestionSet(np.stack([cache[r.image] for r in records]), [r.question for r in records],
                        [list(r.answers) for r in records])
+
+
+def _decoded(paths, image_size: int) -> dict[str, np.ndarray]:
+    return {path: resize(load_image(Path(path)), image_size) for path in dict.fromkeys(paths)}
+
+
+def load_nlvr(annotations, images_dir, image_size: int) -> ImagePairSet:
+    """NLVR2 JSON lines with their image pairs."""
+    records = read_nlvr2(annotations, str(images_dir))
+    cache = _decoded([p for r in records for p in (r.left_image, r.right_image)], image_size)
+    pairs = np.stack([np.stack([cache[r.left_image], cache[r.right_image]]) for r in records])
+    return ImagePairSet(pairs, [r.sentence for r in records], np.array([int(r.label) for r in records]))
+
+
+def load_boxes(refs, instances, images_dir, image_size: int, split: str = "train") -> BoxSet:
+    """RefCOCO refs of `split` with their images and boxes (made fractions of the image's size, as the toolbox's
+    grounding head learns them)."""
+    records = read_refcoco(refs, instances, split, str(images_dir))
+    cache = _decoded([r.image for r in records], image_size)
+    sizes = {}
+    for path in cache:
+        with Image.open(path) as image:
+            sizes[path] = image.size
+    boxes = []
+    for r in records:
+        width, height = sizes[r.image]
+        x, y, w, h = r.bbox
+        boxes.append([x / width, y / height, (x + w) / width, (y + h) / height])
+    return BoxSet(np.stack([cache[r.image] for r in records]), [list(r.sentences) for r in records],
+                  np.clip(np.array(boxes, dtype=np.float32), 0, 1))
 
 
 def pixel_values(images: np.ndarray) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """One training job described as data, and the work of one training worker (no Ray here: see ray_train.py).
 
-A `TrainJob` says what to train (pretrain, or fine-tune a captioner, a filter or a VQA model), on which data,
-from which weights (a fresh seeded model, or the roles a previous job exported), and which roles to export.
+A `TrainJob` says what to train (pretrain, or fine-tune a captioner, a filter, a VQA, NLVR2 or grounding model), on
+which data, from which weights (a fresh seeded model, or the roles a previous job exported), and which roles to
+export.
 `run_worker` does the work of one worker; `training.ray_train.fit` runs it under Ray Train.
 
 A job and its inputs are checked torch-free (`TrainJob`, `check_inputs`), so `jobs/train.py` answers a typo before
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from evaluation.datasets import DatasetFormatError
 from evaluation.datasets.captions import read_coco_karpathy
+from evaluation.datasets.nlvr import read_nlvr2
+from evaluation.datasets.refcoco import read_refcoco
 from evaluation.datasets.vqa import read_vqa
 from pipelines.sources import expand_shards
 
@@ -30,19 +33,23 @@ TASK_OBJECTIVES = {  # what each kind of training optimises
     "caption": ("lm",),  # fine-tune a captioner
     "filter": ("itc", "itm"),  # fine-tune a filter
     "vqa": ("vqa",),
+    "nlvr": ("nlvr",),  # NLVR2's cross-entropy (models/task_models.py BlipForNlvr)
+    "grounding": ("grounding",),  # the toolbox's weighted box-token loss (BlipForGrounding)
 }
 
 EXPORTS = {"classify": ("vision",), "pretrain": ("caption", "retrieval"), "caption": ("caption",),
-           "filter": ("retrieval",), "vqa": ("vqa",)}
-FINE_TUNING = ("caption", "filter", "vqa")
+           "filter": ("retrieval",), "vqa": ("vqa",), "nlvr": ("nlvr",), "grounding": ("grounding",)}
+FINE_TUNING = ("caption", "filter", "vqa", "nlvr", "grounding")
 DATA_FORMATS = {"webdataset": ("shards",), "coco_karpathy": ("annotations", "images"),
-                "vqa": ("questions", "annotations", "images")}
+                "vqa": ("questions", "annotations", "images"), "nlvr2": ("annotations", "images"),
+                "refcoco": ("refs", "instances", "images")}
+TASK_FORMATS = {"vqa": "vqa", "nlvr": "nlvr2", "grounding": "refcoco"}  # tasks that train on data of their own
 
 
 @dataclass
 class TrainJob:
-    task: str  # classify | pretrain | caption | filter | vqa
-    data: dict  # {"format": webdataset, "shards": spec} | {"format": coco_karpathy, ...} | {"format": vqa, ...}
+    task: str  # classify | pretrain | caption | filter | vqa | nlvr | grounding
+    data: dict  # {"format": webdataset, "shards": spec} | {"format": coco_karpathy | vqa | nlvr2 | refcoco, ...}
     output: str
     epochs: float
     init: str | None = None  # a previous job's output folder; None: a fresh model from `seed`. A classify job's
@@ -67,8 +74,9 @@ class TrainJob:
         missing = [k for k in DATA_FORMATS[form] if not self.data.get(k)]
         if missing:
             raise ValueError(f"{form} data needs {', '.join(missing)}")
-        if (self.task == "vqa") != (form == "vqa"):
-            raise ValueError("the vqa task trains on vqa data, and only it does")
+        for task, own in TASK_FORMATS.items():
+            if (self.task == task) != (form == own):
+                raise ValueError(f"the {task} task trains on {own} data, and only it does")
         if self.task == "classify" and form != "webdataset":
             raise ValueError("the classify task trains on labelled webdataset shards (KEY.json {\"labels\": ...})")
         if self.task == "classify" and self.init is not None:
@@ -143,6 +151,10 @@ def check_inputs(job: TrainJob, trained_before: dict[str, str] | None = None) ->
         raise DatasetFormatError(spec["images"], "the image folder does not exist")
     if spec["format"] == "coco_karpathy":
         read_coco_karpathy(spec["annotations"], spec["images"])
+    elif spec["format"] == "nlvr2":
+        read_nlvr2(spec["annotations"], spec["images"])
+    elif spec["format"] == "refcoco":
+        read_refcoco(spec["refs"], spec["instances"], spec.get("split", "train"), spec["images"])
     else:
         read_vqa(spec["questions"], spec["annotations"], image_dir=spec["images"])
 
@@ -157,11 +169,16 @@ def load_data(job: TrainJob, image_size: int):
         return datasets.load_shards(spec["shards"], image_size)
     if spec["format"] == "coco_karpathy":
         return datasets.load_captions(spec["annotations"], spec["images"], image_size)
+    if spec["format"] == "nlvr2":
+        return datasets.load_nlvr(spec["annotations"], spec["images"], image_size)
+    if spec["format"] == "refcoco":
+        return datasets.load_boxes(spec["refs"], spec["instances"], spec["images"], image_size,
+                                   spec.get("split", "train"))
     return datasets.load_questions(spec["questions"], spec["annotations"], spec["images"], image_size)
 
 
 def build_model(job: TrainJob, classes: dict[str, int] | None = None):
-    from training.model import BlipTrainee, VisionClassifier, world_config, world_tokenizer
+    from training.model import BlipTrainee, GroundingTrainee, NlvrTrainee, VisionClassifier, world_config, world_tokenizer
 
     tokenizer = world_tokenizer()
     config = world_config(tokenizer, job.size)
@@ -170,6 +187,8 @@ def build_model(job: TrainJob, classes: dict[str, int] | None = None):
     roles = {} if job.init is None else initial_roles(job.init)
     if job.init is not None:
         check_init(job, list(roles) == ["vision"])
+    if job.task in ("nlvr", "grounding"):
+        return {"nlvr": NlvrTrainee, "grounding": GroundingTrainee}[job.task].from_base(roles)
     if job.init is None or list(roles) == ["vision"]:
         return BlipTrainee.create(config, job.seed, tie=job.tie_text, vision=roles.get("vision")), tokenizer
     return BlipTrainee.from_checkpoints(roles)

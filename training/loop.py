@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from training.data import LabelSet, PairSet, QuestionSet, pixel_values
-from training.objectives import OBJECTIVES, to_device, tokenize, tokenize_questions
+from training.data import BoxSet, ImagePairSet, LabelSet, PairSet, QuestionSet, pixel_values
+from training.objectives import (OBJECTIVES, to_device, tokenize, tokenize_expressions, tokenize_questions,
+                                 tokenize_sentences)
 
-ALONE = ("vqa", "classify")  # objectives on data of their own (questions, labelled images)
+# objectives on data of their own (questions, labelled images, image pairs, boxes)
+ALONE = ("vqa", "classify", "nlvr", "grounding")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def fused_update(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def train(model, tokenizer, data: PairSet | QuestionSet | LabelSet, recipe: Recipe, log=print, rank: int = 0,
+def train(model, tokenizer, data: PairSet | QuestionSet | LabelSet | ImagePairSet | BoxSet, recipe: Recipe, log=print, rank: int = 0,
           world_size: int = 1, on_epoch=None) -> list[dict]:
     """Optimise `model` on `data`; returns one metrics dict per logged interval. `on_epoch(epoch, metrics)` is
     called at each epoch end (Ray Train reports through it)."""
@@ -124,7 +126,16 @@ def train(model, tokenizer, data: PairSet | QuestionSet | LabelSet, recipe: Reci
 
 
 def _step_losses(model, tokenizer, data, batch, recipe: Recipe, rng, generator, device) -> dict[str, torch.Tensor]:
+    if isinstance(data, ImagePairSet):  # (B, 2, S, S, 3) -> (B, 2, 3, S, S)
+        pairs = data.images[batch]
+        pixels = pixel_values(pairs.reshape(-1, *pairs.shape[2:])).unflatten(0, (len(batch), 2)).to(device)
+        text = tokenize_sentences(tokenizer, [data.sentences[i] for i in batch], data.labels[batch])
+        return model(pixels, to_device(text, device), recipe.objectives)
     pixels = pixel_values(data.images[batch]).to(device, non_blocking=True)
+    if isinstance(data, BoxSet):
+        expressions = [data.expressions[i][rng.integers(len(data.expressions[i]))] for i in batch]
+        text = tokenize_expressions(tokenizer, expressions, data.boxes[batch])
+        return model(pixels, to_device(text, device), recipe.objectives)
     if isinstance(data, LabelSet):
         return model(pixels, torch.from_numpy(data.labels[batch]).to(device), recipe.objectives)
     if isinstance(data, QuestionSet):

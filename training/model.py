@@ -31,6 +31,7 @@ from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, Bli
 from models import tiny
 from models.loading import CLIP_MEAN, CLIP_STD, load_checkpoint
 from models.patches import patch_blip
+from models.task_models import BOX_PREFIX, GROUNDING_BINS, NLVR_MERGE_LAYER, BlipForGrounding, BlipForNlvr, bin_tokens
 from training import objectives
 
 EXPORT_CLASSES = {
@@ -152,6 +153,117 @@ class BlipTrainee(nn.Module):
         tokenizer.save_pretrained(directory)
         write_preprocessor(directory, self.config.vision_config.image_size)
         return directory
+
+
+class TaskTrainee(nn.Module):
+    """A fine-tuning of one of capfilt's own task models (NLVR2, grounding) from a pre-trained BLIP's exported roles,
+    trained as the model itself and exported as it is (`save_pretrained`)."""
+
+    task = ""
+
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.config = model.config
+        patch_blip(self.model)  # fused vision attention; the cross-attention mask fix
+
+    @classmethod
+    def from_base(cls, roles: dict[str, str]) -> tuple[TaskTrainee, object]:
+        """From a pre-training's exported caption and retrieval models ({task: directory})."""
+        missing = {"caption", "retrieval"} - set(roles)
+        if missing:
+            raise ValueError(f"fine-tuning {cls.task} starts from a pre-trained model's caption and retrieval exports; "
+                             f"{', '.join(sorted(missing))} missing")
+        base = {task: load_checkpoint(roles[task], task=task) for task in ("caption", "retrieval")}
+        trainee = cls.build(base["retrieval"].model, base["caption"].model, base["retrieval"].tokenizer)
+        return trainee, trainee.tokenizer
+
+    def export(self, task: str, directory, tokenizer=None) -> Path:
+        if task != self.task:
+            raise ValueError(f"a {self.task} trainee exports a {self.task} model, not {task!r}")
+        directory = Path(directory)
+        self.model.eval().save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        write_preprocessor(directory, self.config.vision_config.image_size)
+        return directory
+
+
+class NlvrTrainee(TaskTrainee):
+    task = "nlvr"
+
+    @classmethod
+    def build(cls, retrieval, caption, tokenizer) -> NlvrTrainee:
+        """BLIP's start for NLVR2: the ITM encoder's cross-attention copied into both images' attentions (self0,
+        self1) and output projections (dense0, dense1); the merging layers and the head fresh."""
+        config = BlipConfig.from_dict(retrieval.config.to_dict())
+        config.nlvr_merge_layer = min(NLVR_MERGE_LAYER, config.text_config.num_hidden_layers // 2)
+        config.architectures = ["BlipForNlvr"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = BlipForNlvr(config)
+        model.vision_model.load_state_dict(retrieval.vision_model.state_dict())
+        state = {}
+        for key, value in retrieval.text_encoder.state_dict().items():
+            if ".crossattention.self." in key:
+                for twin in ("self0", "self1"):
+                    state[key.replace(".crossattention.self.", f".crossattention.{twin}.")] = value
+            elif ".crossattention.output.dense." in key:
+                for twin in ("dense0", "dense1"):
+                    state[key.replace(".output.dense.", f".output.{twin}.")] = value
+            else:
+                state[key] = value
+        missing, unexpected = model.text_encoder.load_state_dict(state, strict=False)
+        if unexpected or any("merge_layer" not in key for key in missing):
+            raise ValueError(f"the pre-trained text encoder does not fit the NLVR2 model: {missing or unexpected}")
+        return cls(model, tokenizer)
+
+    def forward(self, pixel_values, batch, names=("nlvr",), generator=None, margin: float = 0.0):
+        return {"nlvr": objectives.nlvr_loss(self.model, pixel_values, batch)}
+
+
+class GroundingTrainee(TaskTrainee):
+    task = "grounding"
+
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__(model, tokenizer)
+        ids = tokenizer.convert_tokens_to_ids([BOX_PREFIX, *bin_tokens(GROUNDING_BINS)])
+        self.box_tokens = (ids[0], ids[1], GROUNDING_BINS)
+
+    @classmethod
+    def build(cls, retrieval, caption, tokenizer) -> GroundingTrainee:
+        """The toolbox's start for grounding: both text encoders from the pre-trained ITM encoder, the box decoder
+        from its captioner's, the vocabulary grown by the box tokens ([unused339] ... [unused980], which BERT's
+        vocabulary holds and the world's lacks: their rows fresh)."""
+        vocabulary = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+        grown = tiny.build_tokenizer(vocabulary + [BOX_PREFIX, *bin_tokens(GROUNDING_BINS)])
+        config = BlipConfig.from_dict(retrieval.config.to_dict())
+        config.text_config.vocab_size = len(grown)
+        config.grounding_bins = GROUNDING_BINS
+        config.architectures = ["BlipForGrounding"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = BlipForGrounding(config)
+        model.vision_model.load_state_dict(retrieval.vision_model.state_dict())
+        for target, source in ((model.text_encoder, retrieval.text_encoder),
+                               (model.multimodal_encoder, retrieval.text_encoder),
+                               (model.text_decoder, caption.text_decoder)):
+            _load_growing(target, source.state_dict())
+        model.tie_weights()
+        return cls(model, grown)
+
+    def forward(self, pixel_values, batch, names=("grounding",), generator=None, margin: float = 0.0):
+        return {"grounding": objectives.grounding_loss(self.model, pixel_values, batch, self.box_tokens)}
+
+
+def _load_growing(module: nn.Module, state: dict) -> None:
+    """Load `state` into `module`, whose vocabulary-sized tensors are larger: their first rows are copied."""
+    own = module.state_dict()
+    with torch.no_grad():
+        for key, value in state.items():
+            if own[key].shape == value.shape:
+                own[key].copy_(value)
+            else:
+                own[key][: value.shape[0]].copy_(value)
 
 
 class VisionClassifier(nn.Module):

@@ -166,3 +166,76 @@ def vqa_loss(model, image_states: torch.Tensor, batch: QuestionBatch) -> torch.T
 def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                            ignore_index=-100, label_smoothing=LM_LABEL_SMOOTHING)
+
+
+# ------------------------------------------------------------------------------ NLVR2 and grounding (fine-tuning)
+@dataclass
+class SentenceBatch:
+    """NLVR2: [CLS] + sentence (the toolbox's BlipNLVR keeps [CLS] first) and the labels."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class BoxBatch:
+    """Grounding: [CLS] + cleaned expression, and the target box as unit xyxy."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    boxes: torch.Tensor
+
+
+def tokenize_sentences(tokenizer, sentences: list[str], labels) -> SentenceBatch:
+    from models.reasoner import TEXT_MAX_LENGTH as NLVR_MAX_LENGTH
+
+    text = tokenizer(sentences, padding="longest", truncation=True, max_length=NLVR_MAX_LENGTH, return_tensors="pt")
+    return SentenceBatch(text.input_ids, text.attention_mask, torch.as_tensor(labels, dtype=torch.long))
+
+
+def tokenize_expressions(tokenizer, expressions: list[str], boxes) -> BoxBatch:
+    from models.grounder import TEXT_MAX_LENGTH as GROUNDING_MAX_LENGTH, clean_expression
+
+    text = tokenizer([clean_expression(e) for e in expressions], padding="longest", truncation=True,
+                     max_length=GROUNDING_MAX_LENGTH, return_tensors="pt")
+    return BoxBatch(text.input_ids, text.attention_mask, torch.as_tensor(boxes, dtype=torch.float32))
+
+
+def nlvr_loss(model, pixel_values: torch.Tensor, batch: SentenceBatch) -> torch.Tensor:
+    """Cross-entropy of the NLVR2 head; `pixel_values` (B, 2, 3, S, S)."""
+    logits = model(input_ids=batch.ids, attention_mask=batch.mask, pixel_values=pixel_values)
+    return F.cross_entropy(logits.float(), batch.labels)
+
+
+def aligned_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Generalised IoU of aligned xyxy boxes (the diagonal of the toolbox's generalized_box_iou matrix)."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    inter = ((torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)).prod(-1)
+    union = area_a + area_b - inter
+    hull = ((torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)).prod(-1)
+    return inter / union - (hull - union) / hull
+
+
+def grounding_loss(model, pixel_values: torch.Tensor, batch: BoxBatch, box_tokens) -> torch.Tensor:
+    """The toolbox's GroundingHead.loss: the decoder reads the prefix and the 4 target bins (cx, cy, w, h); each
+    bin's cross-entropy (logits masked to the bins) is weighted by the L1 error of the argmax box's coordinate
+    (clamped to 5, times 4) times its 1 - GIoU (times 2), without gradient, as the batch's mean of that product
+    (see below), and averaged. `box_tokens`: (prefix id, first bin id, bins)."""
+    from models.grounder import cxcywh_to_xyxy, xyxy_to_cxcywh
+
+    prefix, first, bins = box_tokens
+    target = xyxy_to_cxcywh(batch.boxes)
+    ids = torch.cat([torch.full_like(batch.ids[:, :1], prefix), (target * bins).long() + first], dim=1)
+    logits = model(input_ids=batch.ids, attention_mask=batch.mask, box_ids=ids, bin_range=(first, first + bins),
+                   pixel_values=pixel_values)[:, :-1].float()
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    with torch.no_grad():
+        predicted = (logits.argmax(-1) - first).float() / bins
+        weight_l1 = F.l1_loss(predicted, target, reduction="none").clamp(0, 5) * 4.0
+        weight_giou = (1 - aligned_giou(cxcywh_to_xyxy(predicted), cxcywh_to_xyxy(target))) * 2.0
+    # As the toolbox computes it, broadcasting included: its token losses viewed (B, 1, 4) times the (B, 4) L1
+    # weights are (B, B, 4), and times its (B, 1) GIoU weights still (B, B, 4), so each sample's loss is weighted by
+    # the batch's mean over samples j of L1_j (per coordinate) x GIoU_j, not by its own. The seed was trained so.
+    return (per_token.view(-1, 1, 4) * weight_l1 * weight_giou.unsqueeze(1)).mean()
