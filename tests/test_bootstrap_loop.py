@@ -58,12 +58,16 @@ def test_quick_loop_end_to_end_then_resumes(tmp_path):
     finetuned = report["finetuned"]
     assert "CIDEr" in finetuned["shapes_caption"] and "i2t_r1" in finetuned["shapes_retrieval"]
     assert 0.0 <= finetuned["shapes_vqa"]["accuracy"] <= 100.0
-    assert "skipped" in finetuned["shapes_nlvr2"]  # no NLVR2 model class yet: reported, not faked
+    assert 0.0 <= finetuned["shapes_nlvr2"]["accuracy"] <= 100.0  # the loop's own NLVR2 and grounding models
+    assert 0.0 <= finetuned["shapes_refcoco_testA"]["accuracy"] <= 100.0 and "mean_iou" in finetuned["shapes_refcoco_testB"]
+    assert set(report["baselines"]) == {"nlvr2", "refcoco"} and report["baselines"]["nlvr2"]["chance"] == 50.0
     assert "ROC AUC" in (tmp_path / "loop/REPORT.md").read_text()
     # one Ray Train run per group of jobs: the vision encoder, the base with the fine-tuning from it and the raw
     # models; the bootstrapped
-    assert {"train vision, base, captioner, filter, vqa, raw-seed0", "train boot-seed0"} <= set(report["seconds"])
-    assert list(report["job_seconds"]) == ["vision", "base", "captioner", "filter", "vqa", "raw-seed0", "boot-seed0"]
+    assert {"train vision, base, captioner, filter, vqa, nlvr, grounding, raw-seed0",
+            "train boot-seed0"} <= set(report["seconds"])
+    assert list(report["job_seconds"]) == ["vision", "base", "captioner", "filter", "vqa", "nlvr", "grounding",
+                                           "raw-seed0", "boot-seed0"]
     def init(name):
         return json.loads((tmp_path / "loop" / name / "train.json").read_text())["job"]["init"]
 

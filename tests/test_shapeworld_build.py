@@ -148,3 +148,25 @@ def test_clean_set_loads_with_the_readers(world):
     vqa = read_vqa(clean / "vqa/questions.json", clean / "vqa/annotations.json", image_dir=str(clean / "images"))
     assert len(vqa) == 6 * SMALL.clean_images and {r.image for r in vqa} == {r.image for r in captions}
     check_images(vqa, clean / "vqa/questions.json")
+
+
+def test_nlvr_and_refcoco_training_splits_and_the_baselines_beside_them(tmp_path):
+    """The world writes NLVR2's and RefCOCO's training splits in the official formats, apart from the test sets, and
+    the baselines come out of them: chance, the majority label, the centre box and the largest object."""
+    from evaluation.datasets.nlvr import read_nlvr2
+    from evaluation.datasets.refcoco import read_refcoco
+    from shapeworld.baselines import grounding_baselines, nlvr_baselines
+
+    world = build_world(tmp_path / "w", seed=5, size="small")
+    train = read_nlvr2(world / "train/nlvr2/train.json", str(world / "train/nlvr2/images"))
+    assert len(train) == 40 and all(Path(r.left_image).is_file() and r.identifier.startswith("train-") for r in train)
+    refs = read_refcoco(world / "train/refcoco/refs(unc).json", world / "train/refcoco/instances.json", "train")
+    assert len(refs) == 40 and all(r.split == "train" for r in refs)
+    nlvr = nlvr_baselines(world)
+    test = read_nlvr2(world / "test/nlvr2/dev.json")
+    majority = sum(r.label for r in train) * 2 >= len(train)
+    assert nlvr["majority"] == pytest.approx(100 * sum(r.label == majority for r in test) / len(test))
+    grounding = grounding_baselines(world)
+    assert set(grounding) == {"testA", "testB"}
+    for split in grounding.values():
+        assert 0 <= split["centre"] <= 100 and 0 <= split["largest"] <= 100 and split["samples"] > 0

@@ -25,6 +25,7 @@ KEPT = 0.9  # share of the clean web captions kept (p(match) >= 0.5)
 AUC = 0.98
 CAPTIONS_CORRECT = 0.85  # nucleus-sampled synthetic captions right in count, colour, shape and position
 CIDER, RETRIEVAL_R1, VQA_ACCURACY = 600, 90, 90  # the suite on a small fresh world (30 images, 60 questions)
+NLVR_ACCURACY = 60  # measured 67.5 on these 40 pairs (chance 50); grounding: no floor, it is below trivial (RESULTS.md)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +73,15 @@ def test_synthetic_captions_are_mostly_right(demo_run):
 
 @pytest.fixture(scope="module")
 def suite_scores(tmp_path_factory):
-    """The shapeworld suite (caption, retrieval, VQA) on a small world built here with a seed training never saw."""
+    """The shapeworld suite on a small world built here with a seed training never saw."""
     from evaluation.runner import Options, run_suite
     from evaluation.suite import SUITE_DIR, load_suite
     from shapeworld.build import build_world
 
     world = build_world(tmp_path_factory.mktemp("world") / "w", seed=SEED, size="small")
     suite = load_suite(SUITE_DIR / "shapeworld.yaml", variables={"WORLD": str(world)},
-                       tasks=["shapes_caption", "shapes_retrieval", "shapes_vqa"])
+                       tasks=["shapes_caption", "shapes_retrieval", "shapes_vqa", "shapes_nlvr2", "shapes_refcoco_testA",
+                              "shapes_refcoco_testB"])
     result = run_suite(suite, Options(tmp_path_factory.mktemp("evals")), log=lambda line: None)
     ray.shutdown()
     return {(row["task"], row["metric"]): row["value"] for row in result.rows if row["status"] == "ok"}
@@ -90,3 +92,26 @@ def test_suite_scores_on_a_fresh_world(suite_scores):
     assert suite_scores[("shapes_retrieval", "i2t_r1")] >= RETRIEVAL_R1, suite_scores
     assert suite_scores[("shapes_retrieval", "t2i_r1")] >= RETRIEVAL_R1, suite_scores
     assert suite_scores[("shapes_vqa", "accuracy")] >= VQA_ACCURACY, suite_scores
+
+
+def test_nlvr_and_grounding_models_run_where_users_call_them(suite_scores, tmp_path):
+    """shapes_nlvr above chance on the fresh world's pairs; both answer inference_model on real image files. Their
+    accuracy against the issue's targets (90%, not met) is in RESULTS.md, "NLVR2 and grounding"."""
+    from PIL import Image
+
+    from models.inference import inference_model
+    from shapeworld.scenes import sample_mixed_scene, sample_scene, render
+    import numpy as np
+
+    assert suite_scores[("shapes_nlvr2", "accuracy")] >= NLVR_ACCURACY, suite_scores
+    assert ("shapes_refcoco_testA", "mean_iou") in suite_scores and ("shapes_refcoco_testB", "accuracy") in suite_scores
+    rng = np.random.default_rng(SEED)
+    left, right, mixed = (tmp_path / "left.png", tmp_path / "right.png", tmp_path / "mixed.jpg")
+    render(sample_scene(rng)).save(left)
+    render(sample_scene(rng)).save(right)
+    render(sample_mixed_scene(rng)).save(mixed)
+    out = inference_model("shapes_nlvr", [str(left), str(right)], text="both images have the same number of shapes")
+    assert isinstance(out["pred_label"], bool) and 0 <= out["score"] <= 1
+    width, height = Image.open(mixed).size
+    (box,) = inference_model("shapes_grounding", str(mixed), text="the red circle on the left")["pred_bboxes"]
+    assert 0 <= box[0] <= box[2] <= width and 0 <= box[1] <= box[3] <= height

@@ -30,7 +30,7 @@ from pipelines.config import CapFiltConfig
 from pipelines.export import export_dataset
 from pipelines.ray_runner import run_capfilt
 from models.sampling_config import Sampling
-from shapeworld import evidence
+from shapeworld import baselines, evidence
 from shapeworld.build import ensure_world
 from training.job import TrainJob
 from training.ray_train import RECORD_FILE, fit_all
@@ -236,6 +236,8 @@ class Loop:
             "pretrained": compared,
             "comparison": compare(compared, s.seeds),
             "finetuned": finetuned,
+            "baselines": {"nlvr2": baselines.nlvr_baselines(self.world),
+                          "refcoco": baselines.grounding_baselines(self.world)},
             "seconds": {**self.recorded_seconds(), "total this invocation": round(time.time() - started, 1)},
             "job_seconds": {name: json.loads((self.path(name) / RECORD_FILE).read_text(encoding="utf-8"))["seconds"]
                             for name in self.jobs},

@@ -57,6 +57,13 @@ def render(report: dict) -> str:
     for task, metrics in report["finetuned"].items():
         for metric, value in metrics.items():
             lines.append(f"| {task} | {metric} | {value if isinstance(value, str) else _num(value)} |")
+    if "baselines" in report:  # absent from the reports of loops before NLVR2 and grounding were trained
+        n, g = report["baselines"]["nlvr2"], report["baselines"]["refcoco"]
+        lines += ["", "Beside NLVR2 and grounding, on the same test sets: NLVR2 chance 50%, always "
+                  f"'{n['majority_label']}' (the training split's majority) {n['majority']:.1f}% over {n['test_pairs']} "
+                  "pairs; grounding accuracy at IoU >= 0.5 of the centre box (the training boxes' mean size) and of "
+                  "the image's largest object: " + "; ".join(f"{split} {b['centre']:.1f}% and {b['largest']:.1f}% "
+                                                             f"({b['samples']} samples)" for split, b in g.items()) + "."]
     lines += ["", "## Time", "", "Each stage's seconds when it last ran (a resumed loop keeps those of the stages it "
               "skips).", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds} |" for stage, seconds in report["seconds"].items()]
