@@ -381,8 +381,7 @@ def build(state: dict[str, torch.Tensor], source: Path, task: str | None = None,
 def _check_bins(state: dict[str, torch.Tensor], tokenizer, fixes: list[str]) -> None:
     """The toolbox's grounding head saves its prefix and bin token ids; capfilt reads them off the tokenizer by
     name, so the two must agree."""
-    prefix = tokenizer.convert_tokens_to_ids(task_models.BOX_PREFIX)
-    bins = tokenizer.convert_tokens_to_ids(task_models.bin_tokens())
+    prefix, *bins = task_models.box_token_ids(tokenizer)
     if tokenizer.unk_token_id in (prefix, *bins):
         raise ModelLoadError(f"the tokenizer has no {task_models.BOX_PREFIX} ... [unused980], the box tokens the "
                              f"grounding head decodes into (bert-base-uncased has them); {TOKENIZER_HELP}")

@@ -11,7 +11,7 @@ import torch
 
 from models.base import BlipRole
 from models.loading import Checkpoint, ModelLoadError
-from models.task_models import BOX_PREFIX, GROUNDING_BINS, bin_tokens
+from models.task_models import BOX_PREFIX, GROUNDING_BINS, box_token_ids
 
 TEXT_MAX_LENGTH = 128  # the toolbox's BlipGrounding
 _PUNCTUATION = str.maketrans({c: None for c in string.punctuation})
@@ -39,7 +39,7 @@ class Grounder(BlipRole):
     def __init__(self, checkpoint: Checkpoint, **kwargs):
         super().__init__(checkpoint, **kwargs)
         self.bins = int(getattr(self.model.config, "grounding_bins", GROUNDING_BINS))
-        ids = self.tokenizer.convert_tokens_to_ids([BOX_PREFIX, *bin_tokens(self.bins)])
+        ids = box_token_ids(self.tokenizer, self.bins)
         if self.tokenizer.unk_token_id in ids or ids[1:] != list(range(ids[1], ids[1] + self.bins + 1)):
             raise ModelLoadError(f"{checkpoint.spec.name!r}: its tokenizer lacks the box tokens {BOX_PREFIX} and "
                                  f"[unused340] ... [unused{340 + self.bins}] in one run, which the grounding head "

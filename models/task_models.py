@@ -29,6 +29,16 @@ def bin_tokens(bins: int = GROUNDING_BINS) -> list[str]:
     return [f"[unused{340 + i}]" for i in range(bins + 1)]
 
 
+def box_tokens(bins: int = GROUNDING_BINS) -> list[str]:
+    """The grounding decoder's own tokens: the prefix, then the bins."""
+    return [BOX_PREFIX, *bin_tokens(bins)]
+
+
+def box_token_ids(tokenizer, bins: int = GROUNDING_BINS) -> list[int]:
+    """Their ids in `tokenizer` (its unknown token's id for one it lacks)."""
+    return tokenizer.convert_tokens_to_ids(box_tokens(bins))
+
+
 class TwinOutput(nn.Module):
     """The two images' attention outputs projected apart, averaged or (`merge`) concatenated and merged, then
     BERT's dropout, residual and LayerNorm."""

@@ -32,7 +32,7 @@ what where how many color colour which shown sitting standing
 WORD_PIECES = [f"##{c}" for c in string.ascii_lowercase + string.digits]
 CHARACTERS = list(string.ascii_lowercase + string.digits + string.punctuation)
 
-from models.task_models import BOX_PREFIX, GROUNDING_BINS, BlipForGrounding, BlipForNlvr, bin_tokens
+from models.task_models import GROUNDING_BINS, BlipForGrounding, BlipForNlvr, box_tokens
 
 TASK_CLASSES = {
     "caption": BlipForConditionalGeneration,
@@ -79,7 +79,7 @@ SIZES = {
 def task_tokenizer(task: str) -> BertTokenizer:
     """The tiny tokenizer; a grounding model's with BERT's box tokens after it ([unused339] ... [unused980], which
     bert-base-uncased has among its unused ones)."""
-    extra = [BOX_PREFIX, *bin_tokens()] if task == "grounding" else []
+    extra = box_tokens() if task == "grounding" else []
     return build_tokenizer(tiny_vocabulary() + extra)
 
 

@@ -31,7 +31,8 @@ from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, Bli
 from models import tiny
 from models.loading import CLIP_MEAN, CLIP_STD, load_checkpoint
 from models.patches import patch_blip
-from models.task_models import BOX_PREFIX, GROUNDING_BINS, NLVR_MERGE_LAYER, BlipForGrounding, BlipForNlvr, bin_tokens
+from models.task_models import (GROUNDING_BINS, NLVR_MERGE_LAYER, BlipForGrounding, BlipForNlvr, box_token_ids,
+                                box_tokens)
 from training import objectives
 
 EXPORT_CLASSES = {
@@ -226,7 +227,7 @@ class GroundingTrainee(TaskTrainee):
 
     def __init__(self, model: nn.Module, tokenizer):
         super().__init__(model, tokenizer)
-        ids = tokenizer.convert_tokens_to_ids([BOX_PREFIX, *bin_tokens(GROUNDING_BINS)])
+        ids = box_token_ids(tokenizer)
         self.box_tokens = (ids[0], ids[1], GROUNDING_BINS)
 
     @classmethod
@@ -235,7 +236,7 @@ class GroundingTrainee(TaskTrainee):
         from its captioner's, the vocabulary grown by the box tokens ([unused339] ... [unused980], which BERT's
         vocabulary holds and the world's lacks: their rows fresh)."""
         vocabulary = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
-        grown = tiny.build_tokenizer(vocabulary + [BOX_PREFIX, *bin_tokens(GROUNDING_BINS)])
+        grown = tiny.build_tokenizer(vocabulary + box_tokens())
         config = BlipConfig.from_dict(retrieval.config.to_dict())
         config.text_config.vocab_size = len(grown)
         config.grounding_bins = GROUNDING_BINS
