@@ -64,10 +64,48 @@ LEGACY_MARKER_SUFFIX = ".done.json"  # runs written before issue 24: shards/{sha
 HIDDEN_PREFIXES = ("_", ".")  # names pyarrow.dataset (so pandas) ignores; a Parquet name never starts with one
 HIDDEN_PARQUET_PREFIX = "@"  # outside the shard-id alphabet: "_x" is written as @_x.parquet, never a collision
 
-# An export folder (pipelines/export.py): {shard}.tar, then {shard}_stats.json, and the manifest, written last,
-# that lists every file of the export; export replaces a folder only when the manifest says capfilt wrote it.
+# An export folder (pipelines/export.py), laid out as img2dataset lays out its output: per exported shard
+# {name}.tar (KEY.<image> + KEY.txt + KEY.json), then {name}.parquet (a row per sample of the tar), then
+# {name}_stats.json; and the manifest, written last, that lists every file of the export. Export replaces a
+# folder only when the manifest says capfilt wrote it. {name} is the source shard's id, or with --samples-per-shard
+# img2dataset's numbering: 00000, 00001, ... (EXPORT_SHARD_DIGITS wide, img2dataset's default oom_shard_count).
 EXPORT_MANIFEST = "export.json"
-EXPORT_FORMAT = "capfilt-export/1"
+EXPORT_FORMAT = "capfilt-export/2"  # 2: KEY.json keeps its caption, capfilt's choice under "capfilt"; .parquet files
+EXPORT_LISTING_FORMATS = ("capfilt-export/1", EXPORT_FORMAT)  # manifests whose "files" list every file of the export
+EXPORT_SHARD_FILES = (".tar", ".parquet", "_stats.json")  # one exported shard: {name} + each, in the order written
+EXPORT_SHARD_DIGITS = 5
+EXPORT_KEY = "capfilt"  # capfilt's own entry in an exported KEY.json and {name}_stats.json, beside img2dataset's
+
+# The columns of an exported shard's {name}.parquet: img2dataset's (its downloader's schema, without the extra input
+# columns of --save_additional_columns, which stay in KEY.json), then capfilt's. The schema is built from this table.
+EXPORT_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("url", pa.string(), "img2dataset: the image's URL (KEY.json)"),
+    ("caption", pa.string(), "img2dataset: the original alt-text (KEY.json, else the source's KEY.txt)"),
+    ("key", pa.string(), "img2dataset: the sample's key, its member name in the tar"),
+    ("status", pa.string(), "img2dataset: the download's status (KEY.json; else 'success', as every image in a tar is)"),
+    ("error_message", pa.string(), "img2dataset: null for a success (KEY.json)"),
+    ("width", pa.int32(), "img2dataset: width of the image in the tar (KEY.json, else as the run decoded it)"),
+    ("height", pa.int32(), "img2dataset: height of the image in the tar (KEY.json, else as the run decoded it)"),
+    ("original_width", pa.int32(), "img2dataset: width of the image before img2dataset resized it (KEY.json)"),
+    ("original_height", pa.int32(), "img2dataset: height of the image before img2dataset resized it (KEY.json)"),
+    ("exif", pa.string(), "img2dataset: the image's EXIF tags as JSON text (KEY.json)"),
+    ("sha256", pa.string(), "img2dataset: sha256 of the downloaded image bytes (KEY.json)"),
+    ("capfilt_caption", pa.string(), "capfilt: the chosen caption, KEY.txt (the best kept one)"),
+    ("capfilt_source", pa.string(), "capfilt: where the chosen caption came from, 'web' or 'synthetic'"),
+    ("capfilt_caption_index", pa.int32(), "capfilt: the chosen caption's caption_index (0 the web caption, 1..N the "
+                                          "synthetic ones in sampling order)"),
+    ("capfilt_itm", pa.float32(), "capfilt: the chosen caption's filter ITM p(match)"),
+    ("capfilt_itc", pa.float32(), "capfilt: the chosen caption's filter ITC cosine"),
+    ("capfilt_clip", pa.float32(), "capfilt: the chosen caption's CLIP cosine (null without --scorer)"),
+    ("capfilt_captions", pa.int32(), "capfilt: how many captions of the sample were kept (KEY.json capfilt.captions)"),
+    ("capfilt_shard", pa.string(), "capfilt: id of the run's shard the sample was read from"),
+]
+IMG2DATASET_COLUMNS = [name for name, _, _ in EXPORT_COLUMNS if not name.startswith(f"{EXPORT_KEY}_")]
+
+
+def export_schema() -> pa.Schema:
+    """The schema of every {name}.parquet of an export."""
+    return pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in EXPORT_COLUMNS])
 
 # The done-marker's "fingerprint" (pipelines/fingerprint.py): what the run read of its input shard, checked before
 # export reads the shard again and when a re-run resumes.

@@ -1,7 +1,9 @@
 """Curator commands on a run written without models: user column names are checked against the schema before any
-SQL, and export streams each tar to its destination with memory bounded by one sample."""
+SQL, `keep` prints only JSON lines on stdout, the captions view keeps each caption of an image once (issue 28), and
+export streams each tar to its destination with memory bounded by one sample."""
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
 from pathlib import Path
@@ -15,7 +17,7 @@ from pipelines.decode import new_row
 from pipelines.tars import sample_members, write_tar
 from pipelines.export import export_dataset
 from pipelines.reader import read_shard
-from pipelines.select import keep_list, open_run
+from pipelines.select import keep_list, open_run, summary
 from pipelines.writer import RunDir
 from tests.hostile import image_bytes
 
@@ -50,8 +52,8 @@ def test_keep_carries_the_columns_asked_for(run, tmp_path):
     assert curate(["keep", str(run), "--threshold", "0.5", "--columns", "width, web_caption,key,width", "--to",
                    str(target)]) == 0
     table = pq.read_table(target)
-    assert table.column_names == ["shard", "key", "url", "source", "rank", "text", "itm", "itc", "clip", "width",
-                                  "web_caption"]
+    assert table.column_names == ["shard", "key", "url", "source", "caption_index", "text", "itm", "itc", "clip",
+                                  "width", "web_caption"]
     plain = keep_list(open_run(str(run)), 0.5)
     assert table.select(plain.column_names).equals(plain) and set(table.column("width").to_pylist()) == {40}
 
@@ -91,3 +93,61 @@ def test_export_streams_each_tar(run, tmp_path):
     with remote.fs.open(remote.path("00000.tar"), "rb") as handle:
         assert handle.read() == tar
     assert remote.fs.exists(remote.path("00000_stats.json"))
+
+
+def test_keep_stdout_is_json_lines_only(run, tmp_path, capsys):
+    """The story: `keep` without --to printed a trailer line after its JSON lines, which broke `| jq`. Now every
+    stdout line is a JSON object and the count goes to stderr; with --to, stdout stays empty."""
+    assert curate(["keep", str(run), "--threshold", "0.0"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(rows) == 20 and all(isinstance(r, dict) and r["text"] for r in rows)
+    assert captured.err.strip() == f"{2 * SAMPLES} kept captions (first 20 shown; --to FILE writes them all)"
+    assert curate(["keep", str(run), "--threshold", "0.0", "--to", str(tmp_path / "k.parquet")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"{2 * SAMPLES} kept captions -> " in captured.err
+
+
+@pytest.fixture(scope="module")
+def repeated(tmp_path_factory) -> Path:
+    """A run whose images repeat captions: k00's first synthetic caption is its web caption and its third the same
+    as its second; k01 has no web caption and two identical synthetic ones (the second scored higher)."""
+    root = tmp_path_factory.mktemp("repeated")
+    members = {}
+    for i in range(2):
+        members.update(sample_members(f"k{i:02d}", image_bytes("PNG", seed=i), None, f"https://x/{i}"))
+    shard = write_tar(root / "00000.tar", members)
+    synthetic = {"k00": [("a dog", 0.7), ("a brown dog", 0.6), ("a brown dog", 0.6), ("a dog on grass", 0.5)],
+                 "k01": [("a cat", 0.4), ("a cat", 0.8)]}
+    rows = []
+    for sample in read_shard(str(shard)):
+        row = new_row("00000", sample.key)
+        web = {"web_caption": "a dog", "web_itm": 0.7, "web_itc": 0.1} if sample.key == "k00" else {}
+        row.update(url="https://x", image_embedding=[1.0, 0.0], width=40, height=30, image_format="jpg", **web,
+                   synthetic=[{"text": text, "itm": itm, "itc": 0.2} for text, itm in synthetic[sample.key]])
+        rows.append(row)
+    RunDir(str(root / "run")).commit_shard("00000", shard_table(rows, 2),
+                                           shard_stats("00000", str(shard), rows, time.time()))
+    return root / "run"
+
+
+def test_identical_captions_of_an_image_are_kept_once(repeated, tmp_path):
+    """The story: a synthetic caption identical to the web caption, or to an earlier synthetic one, was kept twice.
+    The captions view keeps the first occurrence (the web caption, then the earlier synthetic one), so keep,
+    summary and export agree; caption_index stays where each caption came from (0 web, 1..N sampling order)."""
+    con = open_run(str(repeated))
+    view = con.sql("SELECT key, source, caption_index, text FROM captions ORDER BY key, caption_index").fetchall()
+    assert view == [("k00", "web", 0, "a dog"), ("k00", "synthetic", 2, "a brown dog"),
+                    ("k00", "synthetic", 4, "a dog on grass"), ("k01", "synthetic", 1, "a cat")]
+    kept = keep_list(con, 0.0).to_pylist()
+    assert [(r["key"], r["caption_index"], r["text"]) for r in kept] == [(k, i, t) for k, _, i, t in view]
+    assert [r["text"] for r in keep_list(con, 0.0, "synthetic").to_pylist()] == ["a brown dog", "a dog on grass",
+                                                                                 "a cat"]
+    assert [r["caption_index"] for r in keep_list(con, None, top_k=2).to_pylist()] == [0, 2, 1]
+    counts = summary(con, 0.0)
+    assert (counts["web_kept"], counts["synthetic_kept"]) == (1, 3)
+    export_dataset(str(repeated), str(tmp_path / "boot"), threshold=0.0, log=lambda line: None)
+    exported = {s.key: json.loads(s.members["json"])["capfilt"]["captions"]
+                for s in read_shard(str(tmp_path / "boot" / "00000.tar"))}
+    assert [c["text"] for c in exported["k00"]] == ["a dog", "a brown dog", "a dog on grass"]
+    assert [(c["text"], c["caption_index"]) for c in exported["k01"]] == [("a cat", 1)]

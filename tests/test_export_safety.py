@@ -80,7 +80,7 @@ def test_stricter_re_export_leaves_no_stale_shard(run, tmp_path, where):
 
     second = export_dataset(str(out), target, threshold=0.5, **QUIET)
     assert (second["shards"], second["samples"]) == (2, 6)
-    expected = ["00000.tar", "00000_stats.json", "00002.tar", "00002_stats.json"]
+    expected = ["00000.parquet", "00000.tar", "00000_stats.json", "00002.parquet", "00002.tar", "00002_stats.json"]
     assert listing() == sorted([*expected, EXPORT_MANIFEST])
     manifest = dest.read_json(dest.path(EXPORT_MANIFEST))
     assert (manifest["format"], manifest["state"], manifest["files"]) == (EXPORT_FORMAT, "complete", expected)
@@ -95,21 +95,21 @@ def test_a_failed_re_export_leaves_the_earlier_one_whole(run, tmp_path, monkeypa
     _, out = run
     export_dataset(str(out), str(tmp_path / "boot"), threshold=0.0, **QUIET)
     before = files(tmp_path / "boot")
-    real = export_module._export_shard
+    real = export_module._write_shard
     calls = []
 
-    def failing(url, captions, formats, shard_id, dest):
-        calls.append(shard_id)
+    def failing(dest, name, samples, urls, selection):
+        calls.append(name)
         if len(calls) == 2:
             raise OSError("disk full")
-        return real(url, captions, formats, shard_id, dest)
+        return real(dest, name, samples, urls, selection)
 
-    monkeypatch.setattr(export_module, "_export_shard", failing)
+    monkeypatch.setattr(export_module, "_write_shard", failing)
     with pytest.raises(OSError, match="disk full"):
         export_dataset(str(out), str(tmp_path / "boot"), threshold=0.5, **QUIET)
     assert files(tmp_path / "boot") == before and sorted(os.listdir(tmp_path)) == ["boot", "inputs", "run"]
 
-    monkeypatch.setattr(export_module, "_export_shard", real)
+    monkeypatch.setattr(export_module, "_write_shard", real)
     (tmp_path / f".boot{export_module.STAGING}dead").mkdir()  # what a killed export leaves
     export_dataset(str(out), str(tmp_path / "boot"), threshold=0.5, **QUIET)
     assert sorted(os.listdir(tmp_path)) == ["boot", "inputs", "run"]
@@ -126,8 +126,8 @@ def test_an_export_from_before_manifests_is_replaced(run, tmp_path):
         (old / name).write_bytes(b"old")
     (old / EXPORT_MANIFEST).write_text('{"run": "x", "shards": 2, "samples": 5, "threshold": 0.0}')
     export_dataset(str(out), str(old), threshold=0.5, **QUIET)
-    assert sorted(os.listdir(old)) == ["00000.tar", "00000_stats.json", "00002.tar", "00002_stats.json",
-                                       EXPORT_MANIFEST]
+    assert sorted(os.listdir(old)) == ["00000.parquet", "00000.tar", "00000_stats.json", "00002.parquet",
+                                       "00002.tar", "00002_stats.json", EXPORT_MANIFEST]
 
 
 def test_a_changed_source_tar_is_an_error_naming_it(run, tmp_path, capsys):

@@ -145,9 +145,10 @@ def test_select_and_export(cluster, corpus, tmp_path):
     assert totals["samples"] == 16 and "000000000" in exported
     assert exported["000000000"].members["jpg"] == source["000000000"].members["jpg"]
     meta = json.loads(exported["000000000"].members["json"])
-    assert meta["caption"] == exported["000000000"].members["txt"].decode()
+    assert meta["caption"] == json.loads(source["000000000"].members["json"])["caption"]  # the alt-text, kept
+    assert meta["capfilt"]["caption"] == exported["000000000"].members["txt"].decode()
     assert {c["source"] for c in meta["capfilt"]["captions"]} == {"web", "synthetic"}
-    assert (tmp_path / "boot" / "00000_stats.json").exists()
+    assert (tmp_path / "boot" / "00000_stats.json").exists() and (tmp_path / "boot" / "00000.parquet").exists()
 
 
 README = __import__("pathlib").Path(__file__).resolve().parents[1] / "README.md"
