@@ -41,6 +41,8 @@ def run_local(config: CapFiltConfig, log=print, on_event=None, stage: CapFiltSta
         for batch in shard_batches(shard.id, shard.url, info["image_sizes"], config.batch_size, **options):
             seq = entry.new_batch()
             entry.put(seq, _scored(stage, batch, retry.Work(shard.id, seq, batch), entry, ledger, emit))
+            if emit.due():  # only for a console that updates its line in place: no periodic lines here otherwise
+                emit(ledger.progress())
         entry.reading = False
         emit(ledger.committed_shard(entry, commit(out, entry, info["embedding_dim"])))
     summary = ledger.summary(config.output)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from pipelines.stage import CapFiltStage
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 WAITING_BATCHES = 4  # decoded batches allowed to wait for an actor, per actor
-PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still open
+PROGRESS_EVERY = 30.0  # seconds between progress lines while shards are still open (1 s on a terminal)
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -144,7 +143,6 @@ class _Loop:
         self.crashed_rows: dict = {}  # crashed_sample ref -> (entry, batch number)
 
     def run(self, todo: deque, max_open: int) -> dict:
-        last = time.time()
         while todo or self.ledger.open:
             while todo and len(self.ledger.open) < max_open:
                 self._decode(self.ledger.start(todo.popleft()))
@@ -165,8 +163,7 @@ class _Loop:
                         self.emit({"event": "actor_back", "actor": back})
                 else:
                     self._finished(ref)
-            if time.time() - last > PROGRESS_EVERY:
-                last = time.time()
+            if self.emit.due(PROGRESS_EVERY):  # or at a live console's pace (progress.Reporter)
                 self.emit(self.ledger.progress())
         return self.ledger.summary(self.config.output)
 
