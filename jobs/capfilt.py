@@ -122,9 +122,14 @@ def main(argv: list[str] | None = None, prog: str = "jobs/capfilt.py") -> int:
             print(f"demo: {len(shards)} shards of shape-world scenes with web-like captions in {workdir / 'shards'}")
         config = config_from(args)
         shards = config.check()  # settings, model names, locations: a typo answers before torch or Ray is imported
+        from pipelines.progress import Console
         from pipelines.ray_runner import run_capfilt  # ray and torch are imported only when a job really runs
 
-        run_capfilt(config, shards=shards)
+        console = Console()  # on a terminal, one line updated in place; elsewhere plain lines
+        try:
+            run_capfilt(config, shards=shards, log=None, on_event=console)
+        finally:
+            console.close()  # an error or Ctrl-C is then written on a line of its own
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -137,7 +142,19 @@ def main(argv: list[str] | None = None, prog: str = "jobs/capfilt.py") -> int:
         if "tiny-random" in args.captioner + args.filter:
             print("(the tiny models have random weights: their captions and scores are noise)")
         demo_blip2(config, shards)
+        demo_report(args.output)
     return 0
+
+
+def demo_report(run: str) -> None:
+    """The demo's last step: the curator's report of its BLIP run, as `curate.py report` writes it."""
+    from pipelines.run_report import write_report
+
+    to = f"{run.rstrip('/')}/report.html"
+    print(f"\ndemo, the curator's report: python jobs/curate.py report {run} --to {to}")
+    facts = write_report(run, to, log=None)
+    print(f"  {facts['samples']} samples, {facts['thumbnails']} thumbnails, {facts['seconds']} s -> {to} "
+          f"(open it in a browser: it needs no server and no network)")
 
 
 def demo_blip2(config: CapFiltConfig, shards: list) -> None:

@@ -45,6 +45,13 @@ def demo_run(tmp_path_factory):
     return out / "run", out / "shards" / TRUTH_FILE
 
 
+def test_the_demo_ends_with_its_report(demo_run):
+    """`make demo` writes the curator's report of its run, thumbnails embedded."""
+    run, _ = demo_run
+    page = (run / "report.html").read_text()
+    assert page.count('<img class="thumb" src="data:image/jpeg;base64,') >= 20 and page.count("<svg") == 4
+
+
 def test_shipped_models_load_from_the_zoo():
     for name, task in (("shapes_caption", "caption"), ("shapes_retrieval", "retrieval"), ("shapes_vqa", "vqa")):
         checkpoint = load_checkpoint(name, task=task)
