@@ -19,13 +19,13 @@ import json
 import sys
 
 import duckdb
-import pyarrow.parquet as pq
 
 from jobs.cli import Parser, UsageError, entry
 from pipelines.export import export_dataset
 from pipelines.run_report import write_report
 from pipelines.select import SCORES, SOURCES, keep_list, open_run, print_summary
-from pipelines.sources import LocationError
+from pipelines.sources import LocationError, check_location
+from pipelines.writer import parquet_bytes, write_file
 
 INTERRUPTED = "interrupted: run the same command again (an export replaces what it wrote before)"
 
@@ -62,15 +62,18 @@ def main(argv: list[str] | None = None, prog: str = "jobs/curate.py") -> int:
                                                            "comma-separated (e.g. web_caption,width,height)")
     try:
         args = p.parse_args(argv)
+        check_location(args.run)
         if args.command == "summary":
             print_summary(args.run, args.threshold)
         elif args.by != "itm" and args.top_k is None:
             raise UsageError("--by ranks for --top-k: give --top-k K as well")
         elif args.command == "keep":
             columns = [name.strip() for name in args.columns.split(",") if name.strip()]
+            if args.to:
+                check_location(args.to)
             table = keep_list(open_run(args.run), threshold(args), args.source, columns, args.top_k, args.by)
             if args.to:
-                pq.write_table(table, args.to)
+                write_file(args.to, parquet_bytes(table))
                 print(f"{table.num_rows} kept captions -> {args.to}", file=sys.stderr)
             else:
                 for row in table.slice(0, 20).to_pylist():

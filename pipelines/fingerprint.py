@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-import fsspec
+from pipelines.sources import filesystem
 
 CHUNK = 1 << 20  # bytes hashed at each end
 _TIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
@@ -27,7 +27,7 @@ def input_fingerprint(url: str, chunk: int = CHUNK) -> dict:
     Never raises for the file itself: one that cannot be read gives {"error": reason} (the run reads such a shard
     as one error row, and there is nothing to compare later)."""
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = filesystem(url)
         info = fs.info(path)
         if info.get("type") == "directory":
             return {"error": "a directory, not a file"}

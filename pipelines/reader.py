@@ -11,7 +11,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import fsspec
+from pipelines.sources import filesystem
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_EXTENSIONS = ("txt", "json")
@@ -54,7 +54,8 @@ def read_shard(url: str, max_image_bytes: int = MAX_IMAGE_BYTES) -> Iterator[Raw
     current: RawSample | None = None
     seen: set[str] = set()
     try:
-        with fsspec.open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_TarInfo) as tar:
+        fs, path = filesystem(url)
+        with fs.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_TarInfo) as tar:
             for member in tar:
                 if not member.isfile():
                     continue  # directories and links carry no sample data

@@ -22,14 +22,14 @@ import time
 from collections import defaultdict
 
 import duckdb
-import fsspec
 
 from models.images import ImageError, decode_image
 from pipelines import report_charts as charts
 from pipelines import report_queries as q
 from pipelines.fingerprint import changed
 from pipelines.select import SCORES, SOURCES, open_run
-from pipelines.writer import RunDir
+from pipelines.sources import check_location, filesystem
+from pipelines.writer import RunDir, write_file
 from schemas.capfilt import FINGERPRINT_FIELD, RUN_FILE
 
 GRID_ROWS = 8  # samples per bucket of the grid around the cut
@@ -43,9 +43,9 @@ def write_report(run: str, to: str, threshold: float | None = 0.5, source: str =
                  by: str = "itm", log=print) -> dict:
     """Write the report of `run` to `to` (a local path or fsspec URL); returns what it counted and how long it took."""
     started = time.time()
+    check_location(to)
     page, facts = build_report(run, threshold, source, top_k, by, log=log)
-    with fsspec.open(to, "w", encoding="utf-8") as handle:
-        handle.write(page)
+    write_file(to, page.encode("utf-8"))
     facts["seconds"] = round(time.time() - started, 2)
     facts["bytes"] = len(page.encode("utf-8"))
     return facts
@@ -200,7 +200,8 @@ def read_members(url: str, names: set[str]) -> dict[str, bytes]:
     """The bytes of the named members of a tar; headers are walked with seeks over the data, and the walk stops
     once every name is found. Member names are compared, never used as paths."""
     found = {}
-    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
         for member in tar:
             if member.isfile() and member.name in names and member.name not in found:
                 found[member.name] = tar.extractfile(member).read()

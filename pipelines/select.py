@@ -24,17 +24,31 @@ def committed_files(run: str) -> list[str]:
     """The Parquet files of the run's committed shards (those with a done-marker), as locations DuckDB, pyarrow and
     pandas open: exactly the run, where a glob over OUT/shards would also take a shard caught between its rename
     and its marker by a crash."""
-    out = RunDir(run)
+    return _committed(RunDir(run))
+
+
+def _committed(out: RunDir) -> list[str]:
     return [out.url_of(path) for path in out.committed_parquet()]
+
+
+def connect(out: RunDir) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that reads the run's files: on an object store through the run's own fsspec filesystem
+    (registered with DuckDB), so DuckDB uses the credentials and endpoint s3fs uses, and needs no extension
+    (httpfs) that it would download."""
+    con = duckdb.connect()
+    if not out.local:
+        con.register_filesystem(out.fs)
+    return con
 
 
 def open_run(run: str) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views `samples` (every row of every committed shard of the run, its done-marker
     listed) and `captions` (one row per distinct caption of each ok image, see the module docstring)."""
-    files = committed_files(run)
+    out = RunDir(run)
+    files = _committed(out)
     if not files:
         raise ValueError(f"{run!r} holds no committed shards (no done-markers in {SHARD_DIR}/{MARKER_DIR}/)")
-    con = duckdb.connect()
+    con = connect(out)
     # read_parquet in a view needs literals; the paths are ours (listed from the run's markers), not user SQL.
     listed = ", ".join(_literal(url) for url in files)
     con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}])")

@@ -29,6 +29,14 @@ class Shard:
     url: str
 
 
+def filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of a location and the location's path in it: how capfilt opens and lists every input
+    and output. Without fsspec's listings cache: shards and runs change under a process that holds them (another
+    process commits a shard, a re-run adds one), and a listing s3fs remembered (until told otherwise) would hide
+    that, or give a file's old size when it is opened."""
+    return fsspec.core.url_to_fs(location, use_listings_cache=False)
+
+
 def check_location(location: str) -> str:
     """Refuse protocol chaining, protocols outside ALLOWED_PROTOCOLS and, when CAPFILT_ALLOWED_ROOTS is set,
     locations outside those roots (`..` resolved, and for local paths symbolic links too); return the protocol."""
@@ -81,7 +89,8 @@ def _is_windows_drive(location: str) -> bool:
 
 
 def expand_shards(spec: str) -> list[Shard]:
-    """Shards named by `spec`: a path, a directory of tars, a glob, a brace range or an fsspec URL.
+    """Shards named by `spec`: a path, a directory of tars (local or an object store's), a glob, a brace range or an
+    fsspec URL.
 
     Several specs may be given separated by whitespace. Local inputs must exist.
     """
@@ -115,12 +124,29 @@ def _expand_one(item: str) -> list[str]:
             raise LocationError(f"no such shard: {item!r}")
         return [path]
     if any(c in item for c in "*?["):
-        fs, _, _ = fsspec.get_fs_token_paths(item)
-        found = sorted(fs.glob(item))
+        fs, pattern = filesystem(item)
+        found = sorted(fs.glob(pattern))
         if not found:
             raise LocationError(f"no files match {item!r}")
-        return [fs.unstrip_protocol(p) for p in found]
+        return _inside([fs.unstrip_protocol(p) for p in found])
+    if protocol not in ("http", "https") and not item.endswith(TAR_SUFFIXES):
+        return _remote_folder(item)
     return [item]
+
+
+def _remote_folder(item: str) -> list[str]:
+    """The tars of a folder (key prefix) of an object store, as a local folder's: an input URL that names no tar is
+    listed once, so `s3://bucket/laion/` is never read as one shard. A URL that is no folder stays one shard (an
+    object need not end in .tar), unless it ends with '/'. HTTP has no folders: its URLs are never listed."""
+    fs, path = filesystem(item)
+    if not fs.isdir(path):
+        if item.endswith("/"):
+            raise LocationError(f"no such folder: {item!r}")
+        return [item]
+    found = sorted(p for p in fs.ls(path, detail=False) if p.endswith(TAR_SUFFIXES))
+    if not found:
+        raise LocationError(f"directory {item!r} holds no .tar shards")
+    return _inside([fs.unstrip_protocol(p) for p in found])
 
 
 def _inside(paths: list[str]) -> list[str]:

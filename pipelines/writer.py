@@ -15,11 +15,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.fingerprint import input_fingerprint
+from pipelines.sources import filesystem
 from schemas.capfilt import (FINGERPRINT_FIELD, LEGACY_MARKER_SUFFIX, MARKER_DIR, MARKER_SUFFIX, PARQUET_SUFFIX,
                              SHARD_DIR, marker_name, parquet_name)
 
@@ -33,7 +33,7 @@ class RunDir:
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs, self.root = filesystem(self.url)
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
     def path(self, *parts: str) -> str:
@@ -146,9 +146,7 @@ class RunDir:
         shard (pipelines.fingerprint.input_fingerprint) records what it read more exactly."""
         if stats.get("url") and FINGERPRINT_FIELD not in stats:
             stats[FINGERPRINT_FIELD] = input_fingerprint(stats["url"])
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        self.write_bytes(self.parquet_path(shard_id), sink.getvalue().to_pybytes())
+        self.write_bytes(self.parquet_path(shard_id), parquet_bytes(table, compression="zstd"))
         self.write_json(self.marker_path(shard_id), stats)
 
     def clear(self) -> None:
@@ -156,3 +154,17 @@ class RunDir:
         for path in (self.path(SHARD_DIR),):
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
+
+
+def parquet_bytes(table: pa.Table, **options) -> bytes:
+    """`table` as the bytes of a Parquet file (pyarrow.parquet.write_table's `options`), to be written whole."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **options)
+    return sink.getvalue().to_pybytes()
+
+
+def write_file(url: str, data: bytes) -> None:
+    """One whole file at `url` (a local path or fsspec URL), written as a run's files are (RunDir.open_atomic): a
+    reader finds the earlier file or the new one, never a part. For the curator's outputs (keep --to, report --to)."""
+    place = RunDir(url)
+    place.write_bytes(place.root, data)
